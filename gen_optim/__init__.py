@@ -1,0 +1,12 @@
+"""gen_optim: GeN-fitted per-group learning rates and AdaPEFT subset selection for PyTorch."""
+from .closure import ProbeClosure, iterator_closure, replay_closure
+from .fit import Fit, fit_quadratic, ppi
+from .gen_adamw import GeNAdamW
+from .grouping import CATEGORIES, categorize, group_parameters
+from .probe import ClosureError
+
+__version__ = "0.1.0"
+__all__ = [
+    "CATEGORIES", "ClosureError", "Fit", "GeNAdamW", "ProbeClosure", "categorize", "fit_quadratic",
+    "group_parameters", "iterator_closure", "ppi", "replay_closure",
+]

@@ -1,0 +1,137 @@
+"""Ready-made probe closures for loops that can't write one (the HF Trainer, Accelerate).
+
+A probe closure returns the loss of one fixed batch at the current weights, without
+backward. GeNAdamW calls ``start_round()`` (when the closure has it) once before each probe
+round, so that every probe of a round sees the same batch.
+
+Which batch matters: probing on the batch the gradient was computed on measures that
+batch's own optimum, which lies further along ``d`` than the population's, and the fitted
+rates grow until training diverges. So ``replay_closure`` probes on the *previous* training
+batch by default (independent of this step's gradient, at no extra data cost), and
+``iterator_closure`` draws a fresh batch per round, as the GeN reference code does.
+"""
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+Inputs = tuple[tuple[Any, ...], dict[str, Any]]
+
+
+def _running_stats(model: nn.Module) -> list[torch.Tensor]:
+    """Buffers that a forward in train mode changes (BatchNorm-style running statistics)."""
+    return [
+        b for m in model.modules() if getattr(m, "track_running_stats", False) and m.training
+        for b in m.buffers(recurse=False)
+    ]
+
+
+def output_loss(output: Any) -> torch.Tensor:
+    """``output.loss`` of a Hugging Face model, with an error that says what to do without one."""
+    loss = output.get("loss") if isinstance(output, dict) else getattr(output, "loss", None)
+    if loss is None:
+        raise ValueError(
+            "the model's output has no `loss` (pass labels in the batch, as HF models expect), "
+            "or give the closure a loss_fn to compute it"
+        )
+    return loss
+
+
+class ProbeClosure:
+    """Evaluates ``loss(batch)`` on the batch fixed for the round by ``start_round()``.
+
+    Running statistics (BatchNorm buffers) are restored after every evaluation, and forwards
+    made while evaluating are marked (``replaying``) so that recording hooks ignore them.
+    """
+
+    def __init__(self, model: nn.Module, next_batch: Callable[[], Any], loss: Callable[[Any], torch.Tensor]) -> None:
+        self.model = model
+        self._next_batch = next_batch
+        self._loss = loss
+        self._batch: Any = None
+        self.replaying = False
+
+    def start_round(self) -> None:
+        """Fix the batch that every probe of the coming round evaluates."""
+        self._batch = self._next_batch()
+
+    def __call__(self) -> torch.Tensor:
+        if self._batch is None:
+            self.start_round()
+        stats = [b.clone() for b in _running_stats(self.model)]
+        self.replaying = True
+        try:
+            return self._loss(self._batch)
+        finally:
+            self.replaying = False
+            for buffer, saved in zip(_running_stats(self.model), stats):
+                buffer.copy_(saved)
+
+
+def replay_closure(
+    model: nn.Module, loss_fn: Callable[..., torch.Tensor] | None = None, batch: str = "previous"
+) -> ProbeClosure:
+    """A closure that replays inputs the model saw in training, recorded by a forward pre-hook.
+
+    ``batch="previous"`` (default) replays the training batch before the last one, which is
+    independent of the gradient being applied; on the very first step there is none yet and
+    the last batch is used. ``batch="current"`` replays the last batch (the paper's
+    Algorithm 1 as written; its fits are biased towards larger steps). Only forwards in train
+    mode with gradients enabled are recorded, so evaluation and generation don't count.
+    The loss is ``output.loss`` (HF models) or ``loss_fn(output, *args, **kwargs)`` of the
+    recorded inputs.
+    """
+    if batch not in ("previous", "current"):
+        raise ValueError(f"batch must be 'previous' or 'current', got {batch!r}")
+    seen: deque[Inputs] = deque(maxlen=2)
+
+    def next_batch() -> Inputs:
+        if not seen:
+            raise RuntimeError(
+                "replay_closure has recorded no training forward of this model yet: call the same "
+                "model object (or the module your wrapper wraps) in train mode before opt.step()"
+            )
+        return seen[0] if batch == "previous" else seen[-1]
+
+    def loss(inputs: Inputs) -> torch.Tensor:
+        args, kwargs = inputs
+        output = model(*args, **kwargs)
+        return output_loss(output) if loss_fn is None else loss_fn(output, *args, **kwargs)
+
+    closure = ProbeClosure(model, next_batch, loss)
+
+    def record(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if module.training and torch.is_grad_enabled() and not closure.replaying:
+            seen.append((args, kwargs))
+
+    closure.hook = model.register_forward_pre_hook(record, with_kwargs=True)
+    return closure
+
+
+def iterator_closure(
+    model: nn.Module, batches: Iterable[Any], loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None
+) -> ProbeClosure:
+    """A closure that takes a fresh batch from ``batches`` for each probe round.
+
+    The loss is ``loss_fn(model, batch)``, or, without ``loss_fn``, ``model(**batch).loss``
+    for a batch of HF model inputs with labels. Batches must already be on the model's
+    device. The iterable is started again when it runs out.
+    """
+    source: Iterator[Any] = iter(batches)
+
+    def next_batch() -> Any:
+        nonlocal source
+        try:
+            return next(source)
+        except StopIteration:
+            source = iter(batches)
+            return next(source)
+
+    def loss(batch: Any) -> torch.Tensor:
+        return output_loss(model(**batch)) if loss_fn is None else loss_fn(model, batch)
+
+    return ProbeClosure(model, next_batch, loss)

@@ -1,0 +1,259 @@
+"""GeNAdamW: AdamW whose per-group learning rates are fitted from the loss (GeN), recording
+each group's influence (PPI/APPI) for AdaPEFT's subset selection.
+
+Every ``probe_every`` steps (the first step included) a *probe round* runs before the update:
+
+1. for each group k with gradients, the loss is evaluated at ``w - eta_j d_k`` for
+   ``eta_j = s_j * lr_k`` (``s_j`` in ``probe_scales``), only group k moved (see ``probe``);
+2. ``L(eta) - L0 = -eta A + eta^2/2 B`` is fitted (see ``fit``); when ``A > 0``, ``B > 0`` and
+   ``R^2 >= r2_min`` the group's rate moves towards ``A / B`` (clipped to ``rate_clip`` times
+   the current rate, then smoothed: ``lr <- smoothing lr + (1 - smoothing) target``) and
+   ``PPI_k = A^2 / (B |w_k|)`` is added to ``APPI_k``;
+3. with ``joint=True``, after the update the loss is evaluated once more at the new weights;
+   with the slope ``G'delta = -sum_k lr_k A_k`` this fits the loss along the combined step
+   ``delta``, and when the combined step passed its optimum ``c* < 1`` every fitted rate is
+   scaled by ``c*`` (per-group fits ignore the cross-curvature between groups).
+
+Between rounds it is exactly ``torch.optim.AdamW`` with each group's fitted rate, computed by
+torch's own AdamW kernels (foreach where torch uses them); a scheduler's ``group["lr"]``
+scales the fitted rate by ``group["lr"] / group["gen_base_lr"]``.
+"""
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+from torch.optim.adam import adam
+
+from .fit import fit_quadratic, ppi
+from .probe import Closure, adamw_direction, evaluate, mean_over_ranks, probe_group, rng_devices
+
+NO_CLOSURE_FIX = (
+    "GeNAdamW needs a closure to probe the loss (probe_every={every}). Pass one that returns the "
+    "loss of the current batch without calling backward, either to the constructor "
+    "`GeNAdamW(params, closure=lambda: loss_fn(model(x), y))` or to `opt.step(closure)`; "
+    "for the HF Trainer or other loops use `closure=gen_optim.replay_closure(model)`; "
+    "or turn probing off with probe_every=0."
+)
+
+
+def _deepspeed_active() -> bool:
+    if "accelerate" not in sys.modules:
+        return False
+    from accelerate.state import AcceleratorState, DistributedType
+
+    return bool(AcceleratorState._shared_state) and AcceleratorState().distributed_type == DistributedType.DEEPSPEED
+
+
+class GeNAdamW(torch.optim.Optimizer):
+    """Drop-in ``torch.optim.AdamW`` with GeN-fitted per-group learning rates and APPI.
+
+    Args:
+        params: tensors, or param-group dicts; a dict may carry ``name`` (else ``group{i}``).
+            ``gen_optim.group_parameters(model)`` gives the AdaPEFT groups.
+        closure: returns the loss of the current batch *without* calling backward; may
+            instead be passed to ``step(closure)``. Needed when ``probe_every > 0``.
+        lr, betas, eps, weight_decay: as ``torch.optim.AdamW``; ``lr`` is each group's
+            starting rate.
+        probe_every: steps between probe rounds (0 turns probing off: plain AdamW).
+        probe_scales: the multiples ``s_j`` of a group's rate at which it is probed.
+        r2_min: the least ``R^2`` of a fit that may set a rate.
+        smoothing: weight of the old rate in ``lr <- smoothing lr + (1 - smoothing) target``.
+        rate_clip: ``(lo, hi)``: one fit's target lies within ``[lo, hi]`` times the rate.
+        joint: scale the rates down when the combined step of all groups passes its optimum.
+        foreach: as ``torch.optim.AdamW``.
+
+    State: ``state["appi"]`` maps group name -> accumulated PPI; ``state["ppi"]`` holds one
+    record per probe round; ``state["step"]`` counts steps. All survive ``state_dict()``.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        closure: Closure | None = None,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        *,
+        probe_every: int = 8,
+        probe_scales: tuple[float, ...] = (-2.0, -1.0, 1.0, 2.0),
+        r2_min: float = 0.99,
+        smoothing: float = 0.9,
+        rate_clip: tuple[float, float] = (0.5, 2.0),
+        joint: bool = True,
+        foreach: bool | None = None,
+    ) -> None:
+        if not (isinstance(lr, float | int) and lr > 0):
+            raise ValueError(f"lr must be a positive float (the starting point of each fitted rate), got {lr!r}")
+        if not 0.0 <= betas[0] < 1.0 or not 0.0 <= betas[1] < 1.0:
+            raise ValueError(f"betas must lie in [0, 1), got {betas}")
+        if eps < 0 or weight_decay < 0:
+            raise ValueError(f"eps and weight_decay must be >= 0, got {eps}, {weight_decay}")
+        if not (isinstance(probe_every, int) and probe_every >= 0):
+            raise ValueError(f"probe_every must be an int >= 0 (0 turns probing off), got {probe_every!r}")
+        scales = tuple(float(s) for s in probe_scales)
+        if len(set(scales)) < 3 or 0.0 in scales:
+            raise ValueError(f"probe_scales needs at least 3 distinct non-zero values to fit and judge a parabola, got {probe_scales}")
+        if not 0.0 <= r2_min <= 1.0 or not 0.0 <= smoothing < 1.0:
+            raise ValueError(f"r2_min must lie in [0, 1] and smoothing in [0, 1), got {r2_min}, {smoothing}")
+        if not 0.0 < rate_clip[0] <= 1.0 <= rate_clip[1]:
+            raise ValueError(f"rate_clip must be (lo, hi) with 0 < lo <= 1 <= hi, got {rate_clip}")
+        self.closure = closure
+        self.probe_every = probe_every
+        self.probe_scales = scales
+        self.r2_min = r2_min
+        self.smoothing = smoothing
+        self.rate_clip = rate_clip
+        self.joint = joint
+        self._warned: set[str] = set()
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, foreach=foreach)
+        super().__init__(params, defaults)
+        self.state.setdefault("step", 0)
+        self.state.setdefault("ppi", [])
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """As ``torch.optim.Optimizer``; names the group and starts its fitted rate at ``lr``."""
+        name = param_group.setdefault("name", f"group{len(self.param_groups)}")
+        if any(g["name"] == name for g in self.param_groups):
+            raise ValueError(f"two param groups are named {name!r}; group names must be unique")
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        group.setdefault("gen_lr", float(group["lr"]))
+        group.setdefault("gen_base_lr", float(group["lr"]))
+        self.state.setdefault("appi", {})[name] = 0.0
+
+    @staticmethod
+    def rate(group: dict[str, Any]) -> float:
+        """The rate this group steps with: the fitted rate times the scheduler's factor."""
+        return group["lr"] * (group["gen_lr"] / group["gen_base_lr"])
+
+    def _init_group(self, group: dict[str, Any]) -> tuple[list[torch.Tensor], ...]:
+        params, grads, exp_avgs, exp_avg_sqs, steps = [], [], [], [], []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError("GeNAdamW does not support sparse gradients")
+            state = self.state[p]
+            if not state:
+                state["step"] = torch.tensor(0.0)
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            params.append(p)
+            grads.append(p.grad)
+            exp_avgs.append(state["exp_avg"])
+            exp_avg_sqs.append(state["exp_avg_sq"])
+            steps.append(state["step"])
+        return params, grads, exp_avgs, exp_avg_sqs, steps
+
+    def _direction(self, group: dict[str, Any], params, grads, exp_avgs, exp_avg_sqs, steps):
+        """``d(i, w_i)`` for the i-th tensor of this group, as this step's update will move it."""
+        beta1, beta2 = group["betas"]
+
+        def direction(i: int, w: torch.Tensor) -> torch.Tensor:
+            return adamw_direction(
+                w, grads[i], exp_avgs[i], exp_avg_sqs[i], int(steps[i]) + 1,
+                beta1, beta2, group["eps"], group["weight_decay"],
+            )
+
+        return direction
+
+    @torch.no_grad()
+    def step(self, closure: Closure | None = None) -> float | None:
+        """One AdamW step, preceded by a probe round every ``probe_every`` steps.
+
+        Returns the probe batch's loss ``L0`` on probe steps, else ``None``.
+        """
+        closure = closure if closure is not None else self.closure
+        work = [(group, *self._init_group(group)) for group in self.param_groups]
+        probing = self.probe_every > 0 and self.state["step"] % self.probe_every == 0
+        record = self._probe_round(closure, work) if probing else None
+        for group, params, grads, exp_avgs, exp_avg_sqs, steps in work:
+            if params:
+                beta1, beta2 = group["betas"]
+                adam(
+                    params, grads, exp_avgs, exp_avg_sqs, [], steps, foreach=group["foreach"],
+                    amsgrad=False, beta1=beta1, beta2=beta2, lr=self.rate(group),
+                    weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
+                    decoupled_weight_decay=True,
+                )
+        self.state["step"] += 1
+        if record is None:
+            return None
+        if self.joint:
+            self._joint_correction(closure, work, record)
+        self.state["ppi"].append(record)
+        return record["loss"]
+
+    def _loss(self, closure: Closure, work: list[tuple]) -> Any:
+        grads = [g for _, _, gs, *_ in work for g in gs]
+        devices = rng_devices([p for group in self.param_groups for p in group["params"]])
+        return lambda: evaluate(closure, grads, devices)
+
+    def _probe_round(self, closure: Closure | None, work: list[tuple]) -> dict[str, Any]:
+        """Probe every group with gradients, fit, and move the rates; returns the round's record."""
+        if closure is None:
+            raise RuntimeError(NO_CLOSURE_FIX.format(every=self.probe_every))
+        if _deepspeed_active():
+            raise RuntimeError(
+                "GeNAdamW cannot probe under DeepSpeed: its optimizer wrapper hands the optimizer flat "
+                "ZeRO shards, not the model's weights, so a probe would not move the model. Use "
+                "data parallel (DDP) or turn probing off with probe_every=0."
+            )
+        if hasattr(closure, "start_round"):
+            closure.start_round()
+        loss = self._loss(closure, work)
+        probed = [w for w in work if w[1] and self.rate(w[0]) > 0]
+        losses = [loss()]
+        for w in probed:
+            etas = [s * self.rate(w[0]) for s in self.probe_scales]
+            losses += probe_group(w[1], self._direction(*w), etas, loss)
+        values = mean_over_ranks(torch.stack(losses)).tolist()  # the round's one host sync
+        return self._fit_round(values, [w[0] for w in probed])
+
+    def _fit_round(self, values: list[float], groups: list[dict[str, Any]]) -> dict[str, Any]:
+        loss0, n = values[0], len(self.probe_scales)
+        record: dict[str, Any] = {"step": self.state["step"], "loss": loss0, "groups": {}}
+        for k, group in enumerate(groups):
+            rate = self.rate(group)
+            fit = fit_quadratic(np.array(self.probe_scales) * rate, np.array(values[1 + k * n : 1 + (k + 1) * n]) - loss0)
+            reason = fit.rejection(self.r2_min)
+            if reason == "nonfinite loss":
+                self._warn_once("nonfinite", "the probe closure returned NaN or inf; the affected fits are rejected and the rates kept")
+            entry = {"A": fit.A, "B": fit.B, "r2": fit.r2, "ppi": 0.0, "accepted": reason is None, "reason": reason}
+            if reason is None:
+                entry["ppi"] = ppi(fit, sum(p.numel() for p in group["params"]))
+                self.state["appi"][group["name"]] += entry["ppi"]
+                self._move_rate(group, fit.rate)
+            entry["lr"] = self.rate(group)
+            record["groups"][group["name"]] = entry
+        return record
+
+    def _move_rate(self, group: dict[str, Any], target: float) -> None:
+        rate, (lo, hi) = self.rate(group), self.rate_clip
+        target = min(max(target, lo * rate), hi * rate)
+        schedule = group["lr"] / group["gen_base_lr"]
+        group["gen_lr"] = self.smoothing * group["gen_lr"] + (1 - self.smoothing) * target / schedule
+
+    def _joint_correction(self, closure: Closure, work: list[tuple], record: dict[str, Any]) -> None:
+        """Fit the loss along the combined step just taken; scale the rates back if it overshot."""
+        loss1 = mean_over_ranks(self._loss(closure, work)().reshape(1)).item()
+        groups = [g for g in self.param_groups if g["name"] in record["groups"]]
+        slope = -sum(self.rate(g) * record["groups"][g["name"]]["A"] for g in groups)
+        curvature = 2.0 * (loss1 - record["loss"] - slope)
+        scale = -slope / curvature if slope < 0 and curvature > 0 else 1.0
+        scale = min(1.0, max(scale, self.rate_clip[0])) if np.isfinite(scale) else 1.0
+        for g in groups:
+            g["gen_lr"] *= scale
+            record["groups"][g["name"]]["lr"] = self.rate(g)
+        record["joint"] = {"loss": loss1, "slope": slope, "curvature": curvature, "scale": scale}
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(f"GeNAdamW: {message}", RuntimeWarning, stacklevel=3)

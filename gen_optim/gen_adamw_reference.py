@@ -1,0 +1,82 @@
+"""GeNAdamW written as plainly as possible: one tensor at a time, no checks, no distributed.
+
+The test suite runs it beside ``GeNAdamW`` and checks that the two agree step for step;
+read this file to see the whole algorithm in one place.
+"""
+from __future__ import annotations
+
+
+import numpy as np
+import torch
+
+
+class GeNAdamWReference(torch.optim.Optimizer):
+    def __init__(self, params, closure, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
+                 probe_every=8, probe_scales=(-2.0, -1.0, 1.0, 2.0), r2_min=0.99, smoothing=0.9,
+                 rate_clip=(0.5, 2.0), joint=True):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+        self.closure, self.probe_every, self.scales = closure, probe_every, probe_scales
+        self.r2_min, self.smoothing, self.rate_clip, self.joint = r2_min, smoothing, rate_clip, joint
+        self.t = 0
+        self.appi = {}
+        for i, group in enumerate(self.param_groups):
+            group.setdefault("name", f"group{i}")
+            group["gen_lr"] = group["lr"]
+            self.appi[group["name"]] = 0.0
+
+    def direction(self, group, p):
+        """AdamW's update per unit rate, with the moments this step will leave."""
+        beta1, beta2 = group["betas"]
+        state = self.state[p]
+        t = state.get("step", 0) + 1
+        m = beta1 * state.get("m", torch.zeros_like(p)) + (1 - beta1) * p.grad
+        v = beta2 * state.get("v", torch.zeros_like(p)) + (1 - beta2) * p.grad**2
+        m_hat, v_hat = m / (1 - beta1**t), v / (1 - beta2**t)
+        return m_hat / (v_hat.sqrt() + group["eps"]) + group["weight_decay"] * p, m, v, t
+
+    @torch.no_grad()
+    def step(self):
+        probing = self.probe_every > 0 and self.t % self.probe_every == 0
+        if probing:
+            loss0 = float(self.closure())
+            fits = {}
+            for group in self.param_groups:
+                params = [p for p in group["params"] if p.grad is not None]
+                if not params:
+                    continue
+                d = [self.direction(group, p)[0] for p in params]
+                w0 = [p.clone() for p in params]
+                etas = np.array(self.scales) * group["gen_lr"]
+                losses = []
+                for eta in etas:
+                    for p, w, dp in zip(params, w0, d):
+                        p.copy_(w - eta * dp)
+                    losses.append(float(self.closure()) - loss0)
+                for p, w in zip(params, w0):
+                    p.copy_(w)
+                X = np.stack([-etas, etas**2 / 2], axis=1)
+                y = np.array(losses)
+                A, B = np.linalg.solve(X.T @ X, X.T @ y)
+                r2 = 1 - np.sum((y - X @ [A, B]) ** 2) / np.sum((y - y.mean()) ** 2)
+                fits[group["name"]] = A
+                if A > 0 and B > 0 and r2 >= self.r2_min:
+                    self.appi[group["name"]] += A**2 / (B * sum(p.numel() for p in group["params"]))
+                    lo, hi = self.rate_clip
+                    target = min(max(A / B, lo * group["gen_lr"]), hi * group["gen_lr"])
+                    group["gen_lr"] = self.smoothing * group["gen_lr"] + (1 - self.smoothing) * target
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                d, m, v, t = self.direction(group, p)
+                self.state[p].update(step=t, m=m, v=v)
+                p.sub_(group["gen_lr"] * d)
+        self.t += 1
+        if probing and self.joint:
+            loss1 = float(self.closure())
+            probed = [g for g in self.param_groups if g["name"] in fits]
+            slope = -sum(g["gen_lr"] * fits[g["name"]] for g in probed)
+            curvature = 2 * (loss1 - loss0 - slope)
+            if slope < 0 and curvature > 0 and -slope / curvature < 1:
+                for g in probed:
+                    g["gen_lr"] *= max(-slope / curvature, self.rate_clip[0])

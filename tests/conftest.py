@@ -1,0 +1,34 @@
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+class Net(torch.nn.Module):
+    """A small MLP with every kind of group: embedding, norm, biases, weights, a head."""
+
+    def __init__(self, dropout: float = 0.0, batchnorm: bool = False):
+        super().__init__()
+        self.embed = torch.nn.Embedding(16, 8)
+        self.fc = torch.nn.Linear(8, 16)
+        self.norm = torch.nn.BatchNorm1d(16) if batchnorm else torch.nn.LayerNorm(16)
+        self.drop = torch.nn.Dropout(dropout)
+        self.head = torch.nn.Linear(16, 1)
+
+    def forward(self, tokens):
+        return self.head(self.drop(torch.tanh(self.norm(self.fc(self.embed(tokens).mean(1))))))
+
+
+def make_data(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, 16, (n, 4), generator=g)
+    target = torch.randn(n, 1, generator=g)
+    return tokens, target
+
+
+@pytest.fixture
+def net():
+    torch.manual_seed(0)
+    return Net()

@@ -1,0 +1,39 @@
+"""Run under `accelerate launch --multi_gpu --num_processes 2`: GeNAdamW with probing under DDP."""
+import json
+import sys
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedType
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from hf_models import gpt2  # noqa: E402
+
+from gen_optim import GeNAdamW, group_parameters, replay_closure  # noqa: E402
+
+accelerator = Accelerator(gradient_accumulation_steps=2)
+assert accelerator.distributed_type == DistributedType.MULTI_CPU, accelerator.distributed_type
+assert accelerator.num_processes == 2
+model = gpt2(seed=0)
+model.config.resid_pdrop = 0.1
+opt = GeNAdamW(group_parameters(model), replay_closure(model), lr=3e-3, probe_every=2)
+model, opt = accelerator.prepare(model, opt)
+g = torch.Generator().manual_seed(1000 + accelerator.process_index)  # different data per rank
+batch_losses = []
+for _ in range(40):  # 20 optimizer steps with 2 micro-batches each
+    ids = torch.randint(0, 100, (4, 16), generator=g)
+    with accelerator.accumulate(model):
+        loss = model(input_ids=ids, labels=ids).loss
+        accelerator.backward(loss)
+        opt.step()
+        opt.zero_grad()
+    batch_losses.append(loss.item())
+flat = torch.cat([p.detach().reshape(-1) for p in accelerator.unwrap_model(model).parameters()])
+weights = accelerator.gather(flat[None]).tolist()
+losses = accelerator.gather(torch.tensor([batch_losses[0]])).tolist()
+appi = accelerator.gather(torch.tensor([list(opt.state["appi"].values())])).tolist()
+if accelerator.is_main_process:
+    json.dump({"weights_equal": weights[0] == weights[1], "first_losses": losses, "appi": appi,
+               "steps": opt.optimizer.state["step"], "rounds": len(opt.state["ppi"])}, open(sys.argv[1], "w"))
+accelerator.wait_for_everyone()
+accelerator.end_training()

@@ -1,0 +1,278 @@
+import copy
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import Net, make_data
+from gen_optim import ClosureError, GeNAdamW, group_parameters, iterator_closure
+from gen_optim.gen_adamw_reference import GeNAdamWReference
+
+
+def train(model, opt, steps, data=None, closure_data=None):
+    tokens, target = data or make_data()
+    for _ in range(steps):
+        opt.zero_grad()
+        F.mse_loss(model(tokens), target).backward()
+        opt.step()
+
+
+def mse_closure(model, seed=1):
+    tokens, target = make_data(seed=seed)
+    return lambda: F.mse_loss(model(tokens), target)
+
+
+def state_equal(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_probe_every_zero_is_adamw_step_for_step(dtype):
+    torch.manual_seed(0)
+    model = Net().to(dtype)
+    model.embed.weight.requires_grad_(True)
+    twin = copy.deepcopy(model)
+    frozen_grad = {"fc.bias"}  # a parameter that never gets a gradient
+
+    def groups(m):
+        named = dict(m.named_parameters())
+        return [
+            {"params": [named["embed.weight"], named["fc.weight"]], "weight_decay": 0.1},
+            {"params": [named["fc.bias"], named["norm.weight"], named["norm.bias"]], "lr": 3e-3},
+            {"params": [named["head.weight"], named["head.bias"]], "weight_decay": 0.0},
+        ]
+
+    ours = GeNAdamW(groups(model), lr=1e-2, probe_every=0)
+    ref = torch.optim.AdamW(groups(twin), lr=1e-2)
+    tokens, target = make_data()
+    for _ in range(10):
+        for m, opt in ((model, ours), (twin, ref)):
+            opt.zero_grad()
+            F.mse_loss(m(tokens).float(), target).backward()
+            for name, p in m.named_parameters():
+                if name in frozen_grad:
+                    p.grad = None
+            opt.step()
+        assert state_equal(model, twin)
+    assert not torch.equal(model.fc.weight, Net().to(dtype).fc.weight)
+
+
+def test_matches_reference_step_for_step():
+    torch.manual_seed(0)
+    model = Net().double()
+    twin = copy.deepcopy(model)
+    kw = dict(lr=1e-2, probe_every=3, r2_min=0.9, smoothing=0.5, weight_decay=0.05)
+    ours = GeNAdamW(group_parameters(model), mse_closure(model), **kw)
+    ref = GeNAdamWReference(group_parameters(twin), mse_closure(twin), **kw)
+    tokens, target = make_data()
+    for _ in range(12):
+        for m, opt in ((model, ours), (twin, ref)):
+            opt.zero_grad()
+            F.mse_loss(m(tokens.clone()), target.double()).backward()
+            opt.step()
+        for a, b in zip(model.parameters(), twin.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+        assert [g["gen_lr"] for g in ours.param_groups] == pytest.approx([g["gen_lr"] for g in ref.param_groups], rel=1e-9)
+    assert ours.state["appi"] == pytest.approx(ref.appi, rel=1e-7)
+    assert any(r["groups"][n]["accepted"] for r in ours.state["ppi"] for n in r["groups"])
+    assert [g["gen_lr"] for g in ours.param_groups] != [1e-2] * len(ours.param_groups)
+
+
+def test_quadratic_fit_is_exact():
+    """On L = 0.5 (w-w*)'Q(w-w*) the fit recovers A = g'd_k, B = d_k'Q d_k and the closed-form PPI."""
+    torch.manual_seed(0)
+    n = 6
+    M = torch.randn(n, n, dtype=torch.float64)
+    Q = M @ M.T + n * torch.eye(n, dtype=torch.float64)
+    w_star = torch.randn(n, dtype=torch.float64)
+    w = torch.nn.Parameter(torch.randn(n, dtype=torch.float64))
+    parts = [torch.nn.Parameter(w.detach()[:2].clone()), torch.nn.Parameter(w.detach()[2:].clone())]
+
+    def loss():
+        e = torch.cat(parts) - w_star
+        return 0.5 * e @ Q @ e
+
+    wd, eps = 0.1, 1e-8
+    opt = GeNAdamW([{"params": [parts[0]], "name": "a"}, {"params": [parts[1]], "name": "b"}],
+                   loss, lr=0.05, weight_decay=wd, eps=eps, probe_every=1, r2_min=0.0, joint=False)
+    loss().backward()
+    g = torch.cat([p.grad for p in parts])
+    w0 = torch.cat([p.detach() for p in parts])
+    d = g / (g.abs() + eps) + wd * w0  # AdamW's first step: m_hat = g, v_hat = g^2
+    opt.step()
+    record = opt.state["ppi"][0]["groups"]
+    for name, idx in (("a", slice(0, 2)), ("b", slice(2, n))):
+        dk = torch.zeros(n, dtype=torch.float64)
+        dk[idx] = d[idx]
+        A, B = float(g @ dk), float(dk @ Q @ dk)
+        assert record[name]["A"] == pytest.approx(A, rel=1e-6)
+        assert record[name]["B"] == pytest.approx(B, rel=1e-6)
+        assert record[name]["r2"] == pytest.approx(1.0, abs=1e-9)
+        assert record[name]["ppi"] == pytest.approx(A**2 / (B * (idx.stop - idx.start)), rel=1e-6)
+        assert opt.state["appi"][name] == record[name]["ppi"]
+
+
+def test_probes_leave_no_trace():
+    """With rates pinned (rate_clip 1..1) a probing step is exactly AdamW: weights, BatchNorm
+    buffers and the RNG stream are untouched by the probe forwards (dropout on, train mode)."""
+    torch.manual_seed(0)
+    model = Net(dropout=0.3, batchnorm=True)
+    twin = copy.deepcopy(model)
+    probe_tokens, probe_target = make_data(seed=1)
+    closure = iterator_closure(model, [probe_tokens], lambda m, tokens: F.mse_loss(m(tokens), probe_target))
+    ours = GeNAdamW(model.parameters(), closure, lr=1e-2, probe_every=1, rate_clip=(1.0, 1.0), joint=False, r2_min=0.0)
+    ref = torch.optim.AdamW(twin.parameters(), lr=1e-2)
+    tokens, target = make_data()
+    for _ in range(5):
+        rng = []
+        for m, opt in ((model, ours), (twin, ref)):
+            torch.manual_seed(1)
+            opt.zero_grad()
+            F.mse_loss(m(tokens), target).backward()
+            opt.step()
+            rng.append(torch.get_rng_state())
+        assert torch.equal(*rng)
+        assert state_equal(model, twin)  # parameters and BatchNorm running statistics
+    assert len(ours.state["ppi"]) == 5
+
+
+def test_every_probe_of_a_round_sees_the_same_rng_state():
+    torch.manual_seed(0)
+    model = Net(dropout=0.5)
+    draws = []
+    tokens, target = make_data()
+
+    def closure():
+        draws.append(torch.rand(1).item())
+        return F.mse_loss(model(tokens), target)
+
+    opt = GeNAdamW(group_parameters(model), closure, probe_every=1)
+    F.mse_loss(model(tokens), target).backward()
+    opt.step()
+    groups = len(opt.state["ppi"][0]["groups"])
+    assert len(draws) == 1 + 4 * groups + 1 and len(set(draws)) == 1
+    assert opt.state["ppi"][0]["groups"]["others"]["r2"] > 0.99  # clean fits in train mode with dropout
+
+
+def test_closure_contract_errors_keep_weights():
+    torch.manual_seed(0)
+    model = Net()
+    tokens, target = make_data()
+
+    def backward_closure():
+        loss = F.mse_loss(model(tokens), target)
+        loss.backward()
+        return loss
+
+    def enable_grad_backward():
+        with torch.enable_grad():
+            return backward_closure()
+
+    def raising():
+        raise KeyError("boom")
+
+    cases = [
+        (backward_closure, ClosureError, "must only compute the loss"),
+        (enable_grad_backward, ClosureError, "must only compute the loss"),
+        (lambda: (model(tokens) - target) ** 2, ClosureError, "scalar"),
+        (raising, KeyError, "boom"),
+    ]
+    for closure, error, message in cases:
+        opt = GeNAdamW(model.parameters(), closure, probe_every=1)
+        opt.zero_grad()
+        F.mse_loss(model(tokens), target).backward()
+        before = copy.deepcopy(model.state_dict())
+        with pytest.raises(error, match=message):
+            opt.step()
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+        moments = [v for k, v in opt.state.items() if isinstance(k, torch.Tensor)]
+        assert opt.state["step"] == 0 and all(m["step"] == 0 and not m["exp_avg"].any() for m in moments)
+
+
+def test_no_closure_is_an_error_that_shows_the_fix():
+    model = Net()
+    opt = GeNAdamW(model.parameters(), probe_every=4)
+    tokens, target = make_data()
+    F.mse_loss(model(tokens), target).backward()
+    with pytest.raises(RuntimeError, match=r"closure=lambda: loss_fn\(model\(x\), y\)"):
+        opt.step()
+    GeNAdamW(model.parameters(), probe_every=0).step()  # no probing, no closure needed
+
+
+def test_nonfinite_loss_rejects_round_once_with_warning():
+    torch.manual_seed(0)
+    model = Net()
+    opt = GeNAdamW(group_parameters(model), lambda: torch.tensor(float("nan")), probe_every=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(model, opt, 3)
+    assert sum("NaN or inf" in str(w.message) for w in caught) == 1
+    assert all(not e["accepted"] and e["reason"] == "nonfinite loss" for r in opt.state["ppi"] for e in r["groups"].values())
+    assert all(g["gen_lr"] == 1e-3 for g in opt.param_groups)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(lr=0.0), dict(lr=-1.0), dict(probe_every=-1), dict(probe_every=1.5), dict(probe_scales=(1.0, 2.0)),
+     dict(probe_scales=(0.0, 1.0, 2.0)), dict(r2_min=1.5), dict(smoothing=1.0), dict(rate_clip=(2.0, 3.0)),
+     dict(betas=(1.0, 0.9))],
+)
+def test_bad_arguments(kwargs):
+    with pytest.raises(ValueError):
+        GeNAdamW(Net().parameters(), **kwargs)
+
+
+def test_group_names_default_and_unique():
+    model = Net()
+    opt = GeNAdamW([{"params": [model.fc.weight]}, {"params": [model.head.weight], "name": "h"}], probe_every=0)
+    assert [g["name"] for g in opt.param_groups] == ["group0", "h"]
+    assert opt.state["appi"] == {"group0": 0.0, "h": 0.0}
+    with pytest.raises(ValueError, match="named"):
+        opt.add_param_group({"params": [model.fc.bias], "name": "h"})
+
+
+def test_scheduler_scales_the_fitted_rate():
+    torch.manual_seed(0)
+    model = Net()
+    opt = GeNAdamW(group_parameters(model), mse_closure(model), lr=1e-2, probe_every=2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 ** t)
+    tokens, target = make_data()
+    for _ in range(4):
+        opt.zero_grad()
+        F.mse_loss(model(tokens), target).backward()
+        opt.step()
+        sched.step()
+    for g in opt.param_groups:
+        assert g["lr"] == pytest.approx(1e-2 * 0.5**4)
+        assert opt.rate(g) == pytest.approx(g["gen_lr"] * 0.5**4)
+    assert any(g["gen_lr"] != 1e-2 for g in opt.param_groups)
+
+
+def test_state_dict_resume_is_bit_identical():
+    def run(resume_at=None):
+        torch.manual_seed(0)
+        model = Net(dropout=0.1)
+        opt = GeNAdamW(group_parameters(model), mse_closure(model), lr=1e-2, probe_every=3)
+        tokens, target = make_data()
+        for step in range(12):
+            if step == resume_at:
+                saved_model, saved_opt = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+                rng = torch.get_rng_state()
+                torch.manual_seed(123)
+                model = Net(dropout=0.1)
+                opt = GeNAdamW(group_parameters(model), mse_closure(model), lr=1e-2, probe_every=3)
+                model.load_state_dict(saved_model)
+                opt.load_state_dict(saved_opt)
+                torch.set_rng_state(rng)
+            opt.zero_grad()
+            F.mse_loss(model(tokens), target).backward()
+            opt.step()
+        return model, opt
+
+    a, opt_a = run()
+    b, opt_b = run(resume_at=7)
+    assert state_equal(a, b)
+    assert opt_a.state["appi"] == opt_b.state["appi"] and len(opt_b.state["ppi"]) == 4
+    assert [g["gen_lr"] for g in opt_a.param_groups] == [g["gen_lr"] for g in opt_b.param_groups]
