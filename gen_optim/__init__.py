@@ -3,10 +3,12 @@ from .closure import ProbeClosure, iterator_closure, replay_closure
 from .fit import Fit, fit_quadratic, ppi
 from .gen_adamw import GeNAdamW
 from .grouping import CATEGORIES, categorize, group_parameters
+from .lora import equip_lora
+from .mask import FrontierPoint, Mask
 from .probe import ClosureError
 
 __version__ = "0.1.0"
 __all__ = [
-    "CATEGORIES", "ClosureError", "Fit", "GeNAdamW", "ProbeClosure", "categorize", "fit_quadratic",
-    "group_parameters", "iterator_closure", "ppi", "replay_closure",
+    "CATEGORIES", "ClosureError", "Fit", "FrontierPoint", "GeNAdamW", "Mask", "ProbeClosure", "categorize",
+    "equip_lora", "fit_quadratic", "group_parameters", "iterator_closure", "ppi", "replay_closure",
 ]

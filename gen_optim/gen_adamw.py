@@ -30,6 +30,7 @@ import torch
 from torch.optim.adam import adam
 
 from .fit import fit_quadratic, ppi
+from .mask import FrontierPoint, Mask, frontier, propose
 from .probe import Closure, adamw_direction, evaluate, mean_over_ranks, probe_group, rng_devices
 
 NO_CLOSURE_FIX = (
@@ -86,6 +87,8 @@ class GeNAdamW(torch.optim.Optimizer):
         smoothing: float = 0.9,
         rate_clip: tuple[float, float] = (0.5, 2.0),
         joint: bool = True,
+        warmup: int = 10,
+        probe_direction: str = "previous",
         foreach: bool | None = None,
     ) -> None:
         if not (isinstance(lr, float | int) and lr > 0):
@@ -101,6 +104,10 @@ class GeNAdamW(torch.optim.Optimizer):
             raise ValueError(f"probe_scales needs at least 3 distinct non-zero values to fit and judge a parabola, got {probe_scales}")
         if not 0.0 <= r2_min <= 1.0 or not 0.0 <= smoothing < 1.0:
             raise ValueError(f"r2_min must lie in [0, 1] and smoothing in [0, 1), got {r2_min}, {smoothing}")
+        if not (isinstance(warmup, int) and warmup >= 0):
+            raise ValueError(f"warmup must be an int >= 0 (steps that all probe, unsmoothed), got {warmup!r}")
+        if probe_direction not in ("previous", "current"):
+            raise ValueError(f"probe_direction must be 'previous' or 'current', got {probe_direction!r}")
         if not 0.0 < rate_clip[0] <= 1.0 <= rate_clip[1]:
             raise ValueError(f"rate_clip must be (lo, hi) with 0 < lo <= 1 <= hi, got {rate_clip}")
         self.closure = closure
@@ -110,6 +117,8 @@ class GeNAdamW(torch.optim.Optimizer):
         self.smoothing = smoothing
         self.rate_clip = rate_clip
         self.joint = joint
+        self.probe_direction = probe_direction
+        self.warmup = warmup
         self._warned: set[str] = set()
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, foreach=foreach)
         super().__init__(params, defaults)
@@ -152,14 +161,16 @@ class GeNAdamW(torch.optim.Optimizer):
         return params, grads, exp_avgs, exp_avg_sqs, steps
 
     def _direction(self, group: dict[str, Any], params, grads, exp_avgs, exp_avg_sqs, steps):
-        """``d(i, w_i)`` for the i-th tensor of this group, as this step's update will move it."""
+        """``d(i, w_i)`` for the i-th tensor of this group: the previous update's direction
+        (``probe_direction="previous"``, where there is one) or this step's."""
         beta1, beta2 = group["betas"]
+        args = (beta1, beta2, group["eps"], group["weight_decay"])
 
         def direction(i: int, w: torch.Tensor) -> torch.Tensor:
-            return adamw_direction(
-                w, grads[i], exp_avgs[i], exp_avg_sqs[i], int(steps[i]) + 1,
-                beta1, beta2, group["eps"], group["weight_decay"],
-            )
+            t = int(steps[i])
+            if self.probe_direction == "previous" and t > 0:
+                return adamw_direction(w, exp_avgs[i], exp_avg_sqs[i], t, *args)
+            return adamw_direction(w, exp_avgs[i], exp_avg_sqs[i], t + 1, *args, grad=grads[i])
 
         return direction
 
@@ -171,7 +182,8 @@ class GeNAdamW(torch.optim.Optimizer):
         """
         closure = closure if closure is not None else self.closure
         work = [(group, *self._init_group(group)) for group in self.param_groups]
-        probing = self.probe_every > 0 and self.state["step"] % self.probe_every == 0
+        step = self.state["step"]
+        probing = self.probe_every > 0 and (step < self.warmup or step % self.probe_every == 0)
         record = self._probe_round(closure, work) if probing else None
         for group, params, grads, exp_avgs, exp_avg_sqs, steps in work:
             if params:
@@ -238,7 +250,8 @@ class GeNAdamW(torch.optim.Optimizer):
         rate, (lo, hi) = self.rate(group), self.rate_clip
         target = min(max(target, lo * rate), hi * rate)
         schedule = group["lr"] / group["gen_base_lr"]
-        group["gen_lr"] = self.smoothing * group["gen_lr"] + (1 - self.smoothing) * target / schedule
+        smoothing = self.smoothing if self.state["step"] >= self.warmup else 0.0
+        group["gen_lr"] = smoothing * group["gen_lr"] + (1 - smoothing) * target / schedule
 
     def _joint_correction(self, closure: Closure, work: list[tuple], record: dict[str, Any]) -> None:
         """Fit the loss along the combined step just taken; scale the rates back if it overshot."""
@@ -252,6 +265,53 @@ class GeNAdamW(torch.optim.Optimizer):
             g["gen_lr"] *= scale
             record["groups"][g["name"]]["lr"] = self.rate(g)
         record["joint"] = {"loss": loss1, "slope": slope, "curvature": curvature, "scale": scale}
+
+    def group_sizes(self) -> dict[str, int]:
+        """``|w_k|``: the number of parameters in each group."""
+        return {g["name"]: sum(p.numel() for p in g["params"]) for g in self.param_groups}
+
+    def _grouping(self) -> str:
+        kinds = {g.get("grouping", "custom") for g in self.param_groups}
+        return kinds.pop() if len(kinds) == 1 else "custom"
+
+    def pareto_frontier(self, method: str = "greedy") -> list[FrontierPoint]:
+        """Candidate sets from ``state["appi"]``: the greedy chain, or the exact Pareto set."""
+        return frontier(self.state["appi"], self.group_sizes(), method)
+
+    def propose_mask(self, eps: float, method: str = "greedy") -> Mask:
+        """The groups to train under trainable fraction ``<= eps``, from ``state["appi"]``.
+
+        ``"greedy"`` (the paper): the largest set of the greedy chain (APPI descending) that
+        fits. ``"exact"``: the 0-1 knapsack optimum of ``sum_k APPI_k |w_k|``, the lightest
+        among ties (Pareto optimal); up to 40 groups. The mask is kept for ``freeze()``.
+        """
+        mask = propose(self.state["appi"], self.group_sizes(), eps, method, self._grouping())
+        self.state["mask"] = mask.to_dict()
+        return mask
+
+    def freeze(self, mask: Mask | None = None) -> Mask:
+        """Train only ``mask``'s groups (default: the last proposed mask), for real.
+
+        Other groups get ``requires_grad=False``, lose ``.grad`` and their AdamW state, and
+        are neither decayed nor probed any more; probing goes on for the active groups.
+        Freeze before wrapping the model for data parallel (DDP fixes its gradient set).
+        """
+        if mask is None:
+            if "mask" not in self.state:
+                raise RuntimeError("freeze() needs a mask: call opt.propose_mask(eps) first, or pass freeze(mask)")
+            mask = Mask.from_dict(self.state["mask"])
+        unknown = sorted(set(mask.active) - {g["name"] for g in self.param_groups})
+        if unknown:
+            raise ValueError(f"the mask names groups this optimizer lacks: {unknown}")
+        for group in self.param_groups:
+            active = group["name"] in mask.active
+            for p in group["params"]:
+                p.requires_grad_(active)
+                if not active:
+                    p.grad = None
+                    self.state.pop(p, None)
+        self.state["mask"] = mask.to_dict()
+        return mask
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:

@@ -13,10 +13,11 @@ import torch
 class GeNAdamWReference(torch.optim.Optimizer):
     def __init__(self, params, closure, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  probe_every=8, probe_scales=(-2.0, -1.0, 1.0, 2.0), r2_min=0.99, smoothing=0.9,
-                 rate_clip=(0.5, 2.0), joint=True):
+                 rate_clip=(0.5, 2.0), joint=True, warmup=10, probe_direction="previous"):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
         self.closure, self.probe_every, self.scales = closure, probe_every, probe_scales
         self.r2_min, self.smoothing, self.rate_clip, self.joint = r2_min, smoothing, rate_clip, joint
+        self.probe_direction, self.warmup = probe_direction, warmup
         self.t = 0
         self.appi = {}
         for i, group in enumerate(self.param_groups):
@@ -24,19 +25,20 @@ class GeNAdamWReference(torch.optim.Optimizer):
             group["gen_lr"] = group["lr"]
             self.appi[group["name"]] = 0.0
 
-    def direction(self, group, p):
-        """AdamW's update per unit rate, with the moments this step will leave."""
+    def direction(self, group, p, with_grad=True):
+        """AdamW's update per unit rate: with the moments this step will leave, or as they stand."""
         beta1, beta2 = group["betas"]
         state = self.state[p]
-        t = state.get("step", 0) + 1
-        m = beta1 * state.get("m", torch.zeros_like(p)) + (1 - beta1) * p.grad
-        v = beta2 * state.get("v", torch.zeros_like(p)) + (1 - beta2) * p.grad**2
+        t, m, v = state.get("step", 0), state.get("m", torch.zeros_like(p)), state.get("v", torch.zeros_like(p))
+        if with_grad:
+            t, m, v = t + 1, beta1 * m + (1 - beta1) * p.grad, beta2 * v + (1 - beta2) * p.grad**2
         m_hat, v_hat = m / (1 - beta1**t), v / (1 - beta2**t)
         return m_hat / (v_hat.sqrt() + group["eps"]) + group["weight_decay"] * p, m, v, t
 
     @torch.no_grad()
     def step(self):
-        probing = self.probe_every > 0 and self.t % self.probe_every == 0
+        probing = self.probe_every > 0 and (self.t < self.warmup or self.t % self.probe_every == 0)
+        smoothing = self.smoothing if self.t >= self.warmup else 0.0
         if probing:
             loss0 = float(self.closure())
             fits = {}
@@ -44,7 +46,8 @@ class GeNAdamWReference(torch.optim.Optimizer):
                 params = [p for p in group["params"] if p.grad is not None]
                 if not params:
                     continue
-                d = [self.direction(group, p)[0] for p in params]
+                previous = [self.probe_direction == "previous" and self.state[p].get("step", 0) > 0 for p in params]
+                d = [self.direction(group, p, not prev)[0] for p, prev in zip(params, previous)]
                 w0 = [p.clone() for p in params]
                 etas = np.array(self.scales) * group["gen_lr"]
                 losses = []
@@ -63,7 +66,7 @@ class GeNAdamWReference(torch.optim.Optimizer):
                     self.appi[group["name"]] += A**2 / (B * sum(p.numel() for p in group["params"]))
                     lo, hi = self.rate_clip
                     target = min(max(A / B, lo * group["gen_lr"]), hi * group["gen_lr"])
-                    group["gen_lr"] = self.smoothing * group["gen_lr"] + (1 - self.smoothing) * target
+                    group["gen_lr"] = smoothing * group["gen_lr"] + (1 - smoothing) * target
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:

@@ -88,7 +88,8 @@ def group_parameters(
     ``by="category"`` gives the groups of ``CATEGORIES``; ``by="layer"`` splits each
     category by transformer block (``layer3.norm``; parameters outside any block keep the
     bare category); a callable ``by(name, param) -> group name`` groups any other way.
-    Empty groups are omitted. Returns ``[{"name": ..., "params": [...]}, ...]``.
+    Empty groups are omitted. Returns ``[{"name": ..., "params": [...], "grouping": by}, ...]``
+    (``grouping`` is ``"custom"`` for a callable; a ``Mask`` records it to regroup other models).
     """
     if not (by in ("category", "layer") or callable(by)):
         raise ValueError(f"by must be 'category', 'layer' or a callable (name, param) -> str, got {by!r}")
@@ -102,4 +103,5 @@ def group_parameters(
             group = _by_layer(name, category) if by == "layer" else category
         groups.setdefault(group, []).append(param)
     names = list(groups) if callable(by) else sorted(groups, key=_order)
-    return [{"name": name, "params": groups[name]} for name in names]
+    grouping = by if isinstance(by, str) else "custom"
+    return [{"name": name, "params": groups[name], "grouping": grouping} for name in names]

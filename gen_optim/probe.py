@@ -2,13 +2,15 @@
 
 A probe of group ``k`` at step ``eta`` sets ``w_k <- w_k - eta * d_k`` (every other group
 untouched), calls the closure, and puts ``w_k`` back bit for bit from a copy of that group
-alone. ``d_k`` is the AdamW update direction of this step, per unit learning rate:
+alone. ``d_k`` is an AdamW update direction per unit learning rate,
 
     d = m_hat / (sqrt(v_hat) + eps) + weight_decay * w,
 
-with ``m_hat, v_hat`` the bias-corrected moments *after* this step's gradient, so that
-``w - lr * d`` is exactly where AdamW would move ``w``. Every probe forward of a round runs
-from the same RNG state (identical dropout masks) and leaves the caller's RNG untouched.
+with ``m_hat, v_hat`` the bias-corrected moments: either as they stand (the direction of
+the previous update, which has never seen the current batch) or after this step's
+gradient (so that ``w - lr * d`` is exactly where this step's AdamW update moves ``w``).
+Every probe forward of a round runs from the same RNG state (identical dropout masks) and
+leaves the caller's RNG untouched.
 """
 from __future__ import annotations
 
@@ -33,14 +35,16 @@ class ClosureError(RuntimeError):
 
 
 def adamw_direction(
-    param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, step: int,
-    beta1: float, beta2: float, eps: float, weight_decay: float,
+    param: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, step: int,
+    beta1: float, beta2: float, eps: float, weight_decay: float, grad: Tensor | None = None,
 ) -> Tensor:
-    """``d`` for one tensor, from the moments as this step's AdamW update will leave them."""
-    exp_avg = exp_avg.lerp(grad, 1 - beta1)
-    exp_avg_sq = exp_avg_sq.mul(beta2).addcmul_(grad, grad, value=1 - beta2)
-    denom = exp_avg_sq.sqrt_().div_(math.sqrt(1 - beta2**step)).add_(eps)
-    return exp_avg.div_(denom).div_(1 - beta1**step).add_(param, alpha=weight_decay)
+    """``d`` for one tensor from moments that have seen ``step`` gradients; with ``grad``, the
+    moments first take it, as this step's AdamW update will (``step`` then counts it)."""
+    if grad is not None:
+        exp_avg = exp_avg.lerp(grad, 1 - beta1)
+        exp_avg_sq = exp_avg_sq.mul(beta2).addcmul_(grad, grad, value=1 - beta2)
+    denom = exp_avg_sq.sqrt().div_(math.sqrt(1 - beta2**step)).add_(eps)
+    return exp_avg.div(denom).div_(1 - beta1**step).add_(param, alpha=weight_decay)
 
 
 def rng_devices(params: Sequence[Tensor]) -> list[int]:

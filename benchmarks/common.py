@@ -1,0 +1,100 @@
+"""Helpers shared by the benchmarks: a small GPT-2, timed training steps, peak memory."""
+from __future__ import annotations
+
+import ctypes
+import statistics
+import time
+
+import torch
+from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+from transformers import GPT2Config, GPT2LMHeadModel
+
+VOCAB = 2048
+
+
+def gpt2(layers: int, width: int, seq: int, device: str) -> GPT2LMHeadModel:
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=layers, n_embd=width, n_head=4, vocab_size=VOCAB, n_positions=seq)
+    return GPT2LMHeadModel(config).to(device)
+
+
+def batches(n: int, batch: int, seq: int, device: str) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return [torch.randint(0, VOCAB, (batch, seq), generator=g).to(device) for _ in range(n)]
+
+
+def timed(fn, device: str) -> float:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def train_steps(model, opt, batch: torch.Tensor, n: int) -> None:
+    for _ in range(n):
+        opt.zero_grad(set_to_none=True)
+        model(input_ids=batch, labels=batch).loss.backward()
+        opt.step()
+
+
+def interleaved_step_times(runs: dict, batch: torch.Tensor, steps: int, rounds: int, device: str) -> dict[str, float]:
+    """Median seconds per step of each ``name -> (model, optimizer, reset)``, timed in turns."""
+    for model, opt, _ in runs.values():  # warm-up; optimizer state exists before timing
+        train_steps(model, opt, batch, 2)
+    times = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, (model, opt, reset) in runs.items():
+            reset()
+            times[name].append(timed(lambda: train_steps(model, opt, batch, steps), device) / steps)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+_libc = ctypes.CDLL("libc.so.6")
+_libc.mallinfo2.restype = _MallInfo2
+
+
+def heap_in_use() -> int:
+    """Bytes the C heap has handed out and not taken back (glibc ``mallinfo2``)."""
+    info = _libc.mallinfo2()
+    return info.uordblks + info.hblkhd
+
+
+class HeapPeak:
+    """Peak of ``heap_in_use()``, sampled on entry, before and after every module forward
+    (training and probe forwards alike) and at exit."""
+
+    def __enter__(self) -> HeapPeak:
+        self.peak = heap_in_use()
+        sample = lambda *args: setattr(self, "peak", max(self.peak, heap_in_use()))  # noqa: E731
+        self.hooks = [register_module_forward_pre_hook(sample), register_module_forward_hook(sample)]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.peak = max(self.peak, heap_in_use())
+        for hook in self.hooks:
+            hook.remove()
+
+
+def peak_memory(prepare, device: str) -> int:
+    """Peak bytes in use during ``run()``, ``run = prepare()``, above the bytes in use before
+    ``prepare`` (which builds the model): CUDA's max allocated, or on CPU the sampled peak of
+    the C heap in use (``HeapPeak``). Memory ``prepare`` freed again does not count."""
+    if device.startswith("cuda"):
+        base = torch.cuda.memory_allocated()
+        run = prepare()
+        torch.cuda.reset_peak_memory_stats()
+        run()
+        return torch.cuda.max_memory_allocated() - base
+    base = heap_in_use()
+    run = prepare()
+    with HeapPeak() as heap:
+        run()
+    return heap.peak - base

@@ -1,0 +1,96 @@
+"""Step time and peak memory of GeNAdamW against torch.optim.AdamW on a small GPT-2.
+
+Prints, measured side by side in one run (configurations interleaved, medians of rounds):
+- GeNAdamW with probing off vs AdamW (target <= 1.03);
+- GeNAdamW probing every P steps vs AdamW, and that ratio against the theory
+  1 + n_fwd * F / (P * (F + B)), n_fwd = len(probe_scales) * K + 1 (+1 with the joint
+  correction), F a no-grad forward and F + B a training forward and backward (target: within 10%);
+- peak memory of each vs AdamW over a probe period after the first step, model included
+  (CUDA: max allocated; CPU: sampled peak of the C heap in use, see ``common.HeapPeak``).
+
+    python benchmarks/overhead.py [--device cuda] [--rounds 5]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+from common import batches, gpt2, interleaved_step_times, peak_memory, timed, train_steps
+
+from gen_optim import GeNAdamW, group_parameters
+
+KINDS = ("adamw", "gen_off", "gen_probe")
+
+
+def make_optimizer(kind, model, probe, probe_every):
+    if kind == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=1e-4)
+    closure = lambda: model(input_ids=probe, labels=probe).loss  # noqa: E731
+    return GeNAdamW(group_parameters(model), closure, lr=1e-4, probe_every=0 if kind == "gen_off" else probe_every)
+
+
+def forward_backward_times(model, batch, device, repeats):
+    def forward():
+        with torch.no_grad():
+            model(input_ids=batch, labels=batch)
+
+    def forward_backward():
+        model(input_ids=batch, labels=batch).loss.backward()
+
+    F = statistics.median(timed(forward, device) for _ in range(repeats))
+    FB = statistics.median(timed(forward_backward, device) for _ in range(repeats))
+    model.zero_grad(set_to_none=True)
+    return F, FB - F
+
+
+def memory_run(kind, args):
+    """Builds one configuration; returns its run: a probe period of steps after the first."""
+    def prepare():
+        model = gpt2(args.layers, args.width, args.seq, args.device)
+        data, probe = batches(2, args.batch, args.seq, args.device)
+        opt = make_optimizer(kind, model, probe, args.probe_every)
+        train_steps(model, opt, data, 1)  # gradients and optimizer state exist
+        return lambda: train_steps(model, opt, data, args.probe_every)
+    return prepare
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--width", type=int, default=128)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--probe_every", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+
+    model = gpt2(args.layers, args.width, args.seq, args.device)
+    data, probe = batches(2, args.batch, args.seq, args.device)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizers = {k: make_optimizer(k, model, probe, args.probe_every) for k in KINDS}
+    runs = {k: (model, opt, lambda: model.load_state_dict(initial)) for k, opt in optimizers.items()}
+    step = interleaved_step_times(runs, data, 2 * args.probe_every, args.rounds, args.device)
+    F, B = forward_backward_times(model, data, args.device, 10)
+    gen = optimizers["gen_probe"]
+    K = len(gen.param_groups)
+    n_fwd = len(gen.probe_scales) * K + 1 + int(gen.joint)
+    theory = 1 + n_fwd * F / (args.probe_every * (F + B))
+    print(f"model: GPT-2 {args.layers} layers, width {args.width}, batch {args.batch}x{args.seq}, device {args.device}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"step time (median of {args.rounds} rounds): " + ", ".join(f"{k} {1e3 * v:.1f} ms" for k, v in step.items()))
+    print(f"F (no-grad forward) {1e3 * F:.1f} ms, B (backward) {1e3 * B:.1f} ms, K={K} groups, {n_fwd} probe forwards per round")
+    print(f"GeNAdamW probing off / AdamW:        {step['gen_off'] / step['adamw']:.3f}   (target <= 1.03)")
+    measured = step["gen_probe"] / step["adamw"]
+    print(f"GeNAdamW probe_every={args.probe_every} / AdamW:   {measured:.3f}   theory {theory:.3f}, "
+          f"measured/theory {measured / theory:.3f}   (target within 10%)")
+    del runs, optimizers, model
+    peak = {k: peak_memory(memory_run(k, args), args.device) for k in KINDS}
+    print("peak memory: " + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in peak.items()))
+    print(f"peak memory / AdamW: probing off {peak['gen_off'] / peak['adamw']:.3f}, probing on {peak['gen_probe'] / peak['adamw']:.3f} "
+          f"(a probe round holds one copy of the largest group, 'others')")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""Do fitted rates help or hurt? Held-out loss of AdamW and GeNAdamW on GPT-2 + LoRA and E2E.
+
+The setting of the stable-rates issue: a 2-layer GPT-2 (width 128) with LoRA on c_attn, every
+parameter trainable (six groups), a byte-level BPE tokenizer (vocab 1500) trained on the
+E2E rows, 4,000 rows for training and 256 held out, batch 16, probe_every 4. Prints the
+held-out loss at each evaluation step, mean (and worst) over seeds, for:
+- AdamW at 3e-4, 1e-3, 3e-3;
+- GeNAdamW as shipped (previous-batch probes, joint correction) from 1e-4, 1e-3, 1e-2;
+- GeNAdamW as the paper's Algorithm 1 reads (probes on the gradient's own batch, no joint
+  correction), and with only the previous-batch probes, from 1e-3;
+then whether each GeNAdamW run is within 2% of the best AdamW at the last step.
+
+    python benchmarks/stability.py [--steps 200] [--seeds 0 1 2] [--configs NAME ...]
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+from e2e import DATA, collate, encode, read_csv, train_tokenizer  # noqa: E402
+
+from gen_optim import GeNAdamW, equip_lora, group_parameters, replay_closure  # noqa: E402
+
+CONFIGS = {
+    "adamw 3e-4": dict(lr=3e-4),
+    "adamw 1e-3": dict(lr=1e-3),
+    "adamw 3e-3": dict(lr=3e-3),
+    "gen 1e-4": dict(lr=1e-4, gen={}),
+    "gen 1e-3": dict(lr=1e-3, gen={}),
+    "gen 1e-2": dict(lr=1e-2, gen={}),
+    "paper literal 1e-3": dict(lr=1e-3, gen=dict(joint=False), batch="current"),
+    "previous batch, no joint 1e-3": dict(lr=1e-3, gen=dict(joint=False)),
+}
+
+
+def load(n_train: int = 4000, n_held_out: int = 256):
+    rows = read_csv(DATA / "train.csv")
+    random.Random(0).shuffle(rows)
+    train, held_out = rows[:n_train], rows[n_train : n_train + n_held_out]
+    tokenizer = train_tokenizer(train)
+    return encode(train, tokenizer), encode(held_out, tokenizer), tokenizer
+
+
+@torch.no_grad()
+def held_out_loss(model, examples, pad_id, batch=64):
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(examples), batch):
+        b = collate(examples[i : i + batch], pad_id)
+        tokens = int((b["labels"][:, 1:] != -100).sum())
+        total += model(**b).loss.item() * tokens
+        count += tokens
+    model.train()
+    return total / count
+
+
+def run(config: dict, seed: int, data, steps: int = 200, eval_every: int = 50, batch: int = 16, probe_every: int = 4):
+    """Held-out losses at every ``eval_every`` steps of one configuration (inf once diverged)."""
+    train, held_out, tokenizer = data
+    torch.manual_seed(seed)
+    config_ = GPT2Config(n_layer=2, n_embd=128, n_head=4, vocab_size=len(tokenizer), n_positions=128,
+                         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    model = equip_lora(GPT2LMHeadModel(config_), r=8, target_modules=["c_attn"], fan_in_fan_out=True)
+    groups = group_parameters(model)
+    if "gen" in config:
+        closure = replay_closure(model, batch=config.get("batch", "previous"))
+        opt = GeNAdamW(groups, closure, lr=config["lr"], probe_every=probe_every, **config["gen"])
+    else:
+        opt = torch.optim.AdamW(groups, lr=config["lr"])
+    order = random.Random(seed)
+    losses = []
+    for step in range(1, steps + 1):
+        b = collate(order.sample(train, batch), tokenizer.pad_token_id)
+        opt.zero_grad()
+        loss = model(**b).loss
+        loss.backward()
+        opt.step()
+        if step % eval_every == 0:
+            value = held_out_loss(model, held_out, tokenizer.pad_token_id)
+            losses.append(value if math.isfinite(value) else math.inf)
+    return losses, opt
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--eval_every", type=int, default=50)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    args = parser.parse_args()
+    data = load()
+    results, started = {}, time.time()
+    for name in args.configs:
+        results[name] = [run(CONFIGS[name], seed, data, args.steps, args.eval_every)[0] for seed in args.seeds]
+        print(f"  ran {name} ({time.time() - started:.0f} s)", file=sys.stderr, flush=True)
+    evals = list(range(args.eval_every, args.steps + 1, args.eval_every))
+    print(f"held-out loss, mean over seeds {args.seeds} (worst seed in brackets); torch {torch.__version__}")
+    print("| optimizer | " + " | ".join(str(s) for s in evals) + " |")
+    print("|---|" + "---|" * len(evals))
+    for name, runs in results.items():
+        cells = [f"{statistics.mean(r[i] for r in runs):.3f} ({max(r[i] for r in runs):.3f})" for i in range(len(evals))]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    adamw = {n: statistics.mean(r[-1] for r in runs) for n, runs in results.items() if n.startswith("adamw")}
+    if adamw:
+        best_name, best = min(adamw.items(), key=lambda kv: kv[1])
+        print(f"best AdamW at step {evals[-1]}: {best_name} {best:.3f}")
+        for name, runs in results.items():
+            if not name.startswith("adamw"):
+                final = statistics.mean(r[-1] for r in runs)
+                print(f"{name}: {final:.3f} = {final / best:.3f} x best AdamW ({'within' if final <= 1.02 * best else 'NOT within'} 2%)")
+
+
+if __name__ == "__main__":
+    main()
