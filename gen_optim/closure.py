@@ -4,11 +4,12 @@ A probe closure returns the loss of one fixed batch at the current weights, with
 backward. GeNAdamW calls ``start_round()`` (when the closure has it) once before each probe
 round, so that every probe of a round sees the same batch.
 
-Which batch matters: probing on the batch the gradient was computed on measures that
+Which batch matters: probing a direction on a batch whose gradient is in it measures that
 batch's own optimum, which lies further along ``d`` than the population's, and the fitted
-rates grow until training diverges. So ``replay_closure`` probes on the *previous* training
-batch by default (independent of this step's gradient, at no extra data cost), and
-``iterator_closure`` draws a fresh batch per round, as the GeN reference code does.
+rates grow until training diverges. GeNAdamW therefore probes, by default, along the
+*previous* update's direction, which the current batch never entered: ``replay_closure``
+replays the current batch (no extra data cost), and ``iterator_closure`` draws a fresh
+batch per round, as the GeN reference code does.
 """
 from __future__ import annotations
 
@@ -73,15 +74,17 @@ class ProbeClosure:
 
 
 def replay_closure(
-    model: nn.Module, loss_fn: Callable[..., torch.Tensor] | None = None, batch: str = "previous"
+    model: nn.Module, loss_fn: Callable[..., torch.Tensor] | None = None, batch: str = "current"
 ) -> ProbeClosure:
     """A closure that replays inputs the model saw in training, recorded by a forward pre-hook.
 
-    ``batch="previous"`` (default) replays the training batch before the last one, which is
-    independent of the gradient being applied; on the very first step there is none yet and
-    the last batch is used. ``batch="current"`` replays the last batch (the paper's
-    Algorithm 1 as written; its fits are biased towards larger steps). Only forwards in train
-    mode with gradients enabled are recorded, so evaluation and generation don't count.
+    ``batch="current"`` (default) replays the last training batch: GeNAdamW's default
+    ``probe_direction="previous"`` probes along the previous update, which has never seen
+    it, so the fit is unbiased. ``batch="previous"`` replays the batch before (on the very
+    first step there is none yet and the last one is used); with
+    ``probe_direction="current"`` it is the less biased choice, but Adam's momentum still
+    carries that batch's gradient (weight (1 - beta1) beta1). Only forwards in train mode
+    with gradients enabled are recorded, so evaluation and generation don't count.
     The loss is ``output.loss`` (HF models) or ``loss_fn(output, *args, **kwargs)`` of the
     recorded inputs.
     """

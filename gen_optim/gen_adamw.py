@@ -86,7 +86,7 @@ class GeNAdamW(torch.optim.Optimizer):
         r2_min: float = 0.99,
         smoothing: float = 0.9,
         rate_clip: tuple[float, float] = (0.5, 2.0),
-        joint: bool = True,
+        joint: bool = False,
         warmup: int = 10,
         probe_direction: str = "previous",
         foreach: bool | None = None,
@@ -242,6 +242,9 @@ class GeNAdamW(torch.optim.Optimizer):
                 entry["ppi"] = ppi(fit, sum(p.numel() for p in group["params"]))
                 self.state["appi"][group["name"]] += entry["ppi"]
                 self._move_rate(group, fit.rate)
+            elif self.state["step"] < self.warmup or (fit.A <= 0 and fit.r2 >= self.r2_min):
+                self._move_rate(group, 0.0)  # no clean parabola yet, or a clean climb: step less
+                entry["reason"] += ": rate shrunk"
             entry["lr"] = self.rate(group)
             record["groups"][group["name"]] = entry
         return record

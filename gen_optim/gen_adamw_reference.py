@@ -13,7 +13,7 @@ import torch
 class GeNAdamWReference(torch.optim.Optimizer):
     def __init__(self, params, closure, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  probe_every=8, probe_scales=(-2.0, -1.0, 1.0, 2.0), r2_min=0.99, smoothing=0.9,
-                 rate_clip=(0.5, 2.0), joint=True, warmup=10, probe_direction="previous"):
+                 rate_clip=(0.5, 2.0), joint=False, warmup=10, probe_direction="previous"):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
         self.closure, self.probe_every, self.scales = closure, probe_every, probe_scales
         self.r2_min, self.smoothing, self.rate_clip, self.joint = r2_min, smoothing, rate_clip, joint
@@ -67,6 +67,8 @@ class GeNAdamWReference(torch.optim.Optimizer):
                     lo, hi = self.rate_clip
                     target = min(max(A / B, lo * group["gen_lr"]), hi * group["gen_lr"])
                     group["gen_lr"] = smoothing * group["gen_lr"] + (1 - smoothing) * target
+                elif A <= 0 and r2 >= self.r2_min:
+                    group["gen_lr"] = smoothing * group["gen_lr"] + (1 - smoothing) * self.rate_clip[0] * group["gen_lr"]
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:

@@ -148,7 +148,7 @@ def test_every_probe_of_a_round_sees_the_same_rng_state():
         draws.append(torch.rand(1).item())
         return F.mse_loss(model(tokens), target)
 
-    opt = GeNAdamW(group_parameters(model), closure, probe_every=1)
+    opt = GeNAdamW(group_parameters(model), closure, probe_every=1, joint=True)
     F.mse_loss(model(tokens), target).backward()
     opt.step()
     groups = len(opt.state["ppi"][0]["groups"])

@@ -1,0 +1,71 @@
+"""The main example end to end in its offline default, single process and DDP, and resuming."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gen_optim import Mask
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--steps", "12", "--select_fraction", "0.5", "--batch_size", "4", "--test_rows", "64",
+         "--probe_every", "2", "--eps", "0.2"]
+
+
+def launch(args, out, processes=1):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1",
+               TOKENIZERS_PARALLELISM="false")
+    script = [str(ROOT / "examples" / "gpt2_e2e.py"), *SMALL, *args, "--output_dir", str(out)]
+    if processes == 1:
+        cmd = [sys.executable, *script]
+    else:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *script]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc.stdout
+
+
+def check_run_dir(out, processes):
+    mask = Mask.load(out / "mask.json")
+    assert mask.active and mask.fraction <= 0.2 and mask.eps == 0.2
+    appi = json.loads((out / "appi.json").read_text())
+    assert set(mask.active) <= {k for k, v in appi.items() if v > 0}
+    assert json.loads((out / "ppi_history.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_processes"] == processes
+    assert metrics["distributed_type"] == ("DistributedType.MULTI_CPU" if processes > 1 else "DistributedType.NO")
+    names = [run["name"] for run in metrics["runs"]]
+    assert names == ["selected", "bitfit"]
+    for run in metrics["runs"]:
+        assert math.isfinite(run["perplexity"]) and 1 < run["perplexity"] < 1e4 and 0 < run["fraction"] <= 1
+    for png in ("ppi_heatmap.png", "appi.png", "frontier.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / png).stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_example_end_to_end(tmp_path, processes):
+    stdout = launch(["--peft", "bitfit", "linear_probe"], tmp_path, processes)
+    assert "RANDOMLY INITIALISED" in stdout and "linear_probe: skipped" in stdout
+    check_run_dir(tmp_path, processes)
+
+
+def test_plots_redraw_from_the_run_dir(tmp_path):
+    launch(["--select_only"], tmp_path)
+    (tmp_path / "frontier.png").unlink(missing_ok=True)
+    proc = subprocess.run([sys.executable, "-m", "gen_optim.plots", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "frontier.png").stat().st_size > 10_000
+
+
+def test_resume_gives_the_same_appi(tmp_path):
+    launch(["--select_only"], tmp_path / "straight")
+    stopped = tmp_path / "resumed"
+    assert "resume with --resume" in launch(["--select_only", "--stop_after", "3"], stopped)
+    assert not (stopped / "appi.json").exists()
+    assert "resumed Part I at step 3" in launch(["--select_only", "--resume"], stopped)
+    straight = json.loads((tmp_path / "straight" / "appi.json").read_text())
+    assert json.loads((stopped / "appi.json").read_text()) == straight and any(straight.values())
