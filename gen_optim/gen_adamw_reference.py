@@ -67,7 +67,7 @@ class GeNAdamWReference(torch.optim.Optimizer):
                     lo, hi = self.rate_clip
                     target = min(max(A / B, lo * group["gen_lr"]), hi * group["gen_lr"])
                     group["gen_lr"] = smoothing * group["gen_lr"] + (1 - smoothing) * target
-                elif A <= 0 and r2 >= self.r2_min:
+                elif self.t < self.warmup or (A <= 0 and r2 >= self.r2_min):
                     group["gen_lr"] = smoothing * group["gen_lr"] + (1 - smoothing) * self.rate_clip[0] * group["gen_lr"]
         for group in self.param_groups:
             for p in group["params"]:

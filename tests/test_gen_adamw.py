@@ -204,7 +204,7 @@ def test_no_closure_is_an_error_that_shows_the_fix():
 def test_nonfinite_loss_rejects_round_once_with_warning():
     torch.manual_seed(0)
     model = Net()
-    opt = GeNAdamW(group_parameters(model), lambda: torch.tensor(float("nan")), probe_every=1)
+    opt = GeNAdamW(group_parameters(model), lambda: torch.tensor(float("nan")), probe_every=1, warmup=0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         train(model, opt, 3)
@@ -212,6 +212,17 @@ def test_nonfinite_loss_rejects_round_once_with_warning():
     assert all(not e["accepted"] and e["reason"] == "nonfinite loss" for r in opt.state["ppi"] for e in r["groups"].values())
     assert all(g["gen_lr"] == 1e-3 for g in opt.param_groups)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_warmup_probes_every_step_and_shrinks_rates_without_a_clean_fit():
+    torch.manual_seed(0)
+    model = Net()
+    opt = GeNAdamW(group_parameters(model), lambda: torch.tensor(float("nan")), lr=1e-2, probe_every=4, warmup=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train(model, opt, 9)
+    assert [r["step"] for r in opt.state["ppi"]] == [0, 1, 2, 4, 8]
+    assert all(g["gen_lr"] == pytest.approx(1e-2 * 0.5**3) for g in opt.param_groups)  # halved in warm-up only
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -30,7 +31,7 @@ def test_ddp_two_processes_stay_identical(tmp_path):
 
 def test_replay_closure_probes_the_previous_batch_of_an_hf_model():
     model = gpt2()
-    closure = replay_closure(model)
+    closure = replay_closure(model, batch="previous")
     opt = GeNAdamW(group_parameters(model), closure, lr=3e-3, probe_every=1)
     g = torch.Generator().manual_seed(0)
     batches = [torch.randint(0, 100, (4, 16), generator=g) for _ in range(3)]
@@ -47,6 +48,20 @@ def test_replay_closure_probes_the_previous_batch_of_an_hf_model():
     # the first round has no previous batch and uses the current one; later rounds the previous
     assert [r is b for r, b in zip(replayed, [batches[0], batches[0], batches[1]])] == [True] * 3
     assert len(opt.state["ppi"]) == 3 and all(r["groups"]["others"]["r2"] > 0.9 for r in opt.state["ppi"])
+
+
+def test_replay_closure_replays_the_current_batch_by_default():
+    model = gpt2()
+    closure = replay_closure(model)
+    opt = GeNAdamW(group_parameters(model), closure, probe_every=1)
+    for seed in range(2):
+        ids = torch.randint(0, 100, (4, 16), generator=torch.Generator().manual_seed(seed))
+        opt.zero_grad()
+        model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+        assert closure._batch[1]["input_ids"] is ids
+    with pytest.raises(ValueError, match="batch must be"):
+        replay_closure(model, batch="next")
 
 
 def test_replay_closure_needs_a_loss():
