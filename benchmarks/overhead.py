@@ -4,7 +4,7 @@ Prints, measured side by side in one run (configurations interleaved, medians of
 - GeNAdamW with probing off vs AdamW (target <= 1.03);
 - GeNAdamW probing every P steps vs AdamW, and that ratio against the theory
   1 + n_fwd * F / (P * (F + B)), n_fwd = len(probe_scales) * K + 1 (+1 with the joint
-  correction), F a no-grad forward and F + B a training forward and backward (target: within 10%);
+  correction, --joint), F a no-grad forward and F + B a training forward and backward (target: within 10%);
 - peak memory of each vs AdamW over a probe period after the first step, model included
   (CUDA: max allocated; CPU: sampled peak of the C heap in use, see ``common.HeapPeak``).
 
@@ -23,11 +23,13 @@ from gen_optim import GeNAdamW, group_parameters
 KINDS = ("adamw", "gen_off", "gen_probe")
 
 
-def make_optimizer(kind, model, probe, probe_every):
+def make_optimizer(kind, model, probe, probe_every, joint=False):
     if kind == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=1e-4)
     closure = lambda: model(input_ids=probe, labels=probe).loss  # noqa: E731
-    return GeNAdamW(group_parameters(model), closure, lr=1e-4, probe_every=0 if kind == "gen_off" else probe_every)
+    # warmup=0: the steady state; warm-up adds `warmup` extra probe rounds once per run
+    return GeNAdamW(group_parameters(model), closure, lr=1e-4, probe_every=0 if kind == "gen_off" else probe_every,
+                    warmup=0, joint=joint)
 
 
 def forward_backward_times(model, batch, device, repeats):
@@ -49,7 +51,7 @@ def memory_run(kind, args):
     def prepare():
         model = gpt2(args.layers, args.width, args.seq, args.device)
         data, probe = batches(2, args.batch, args.seq, args.device)
-        opt = make_optimizer(kind, model, probe, args.probe_every)
+        opt = make_optimizer(kind, model, probe, args.probe_every, args.joint)
         train_steps(model, opt, data, 1)  # gradients and optimizer state exist
         return lambda: train_steps(model, opt, data, args.probe_every)
     return prepare
@@ -64,12 +66,13 @@ def main():
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--probe_every", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--joint", action="store_true", help="probe with the joint correction")
     args = parser.parse_args()
 
     model = gpt2(args.layers, args.width, args.seq, args.device)
     data, probe = batches(2, args.batch, args.seq, args.device)
     initial = {k: v.clone() for k, v in model.state_dict().items()}
-    optimizers = {k: make_optimizer(k, model, probe, args.probe_every) for k in KINDS}
+    optimizers = {k: make_optimizer(k, model, probe, args.probe_every, args.joint) for k in KINDS}
     runs = {k: (model, opt, lambda: model.load_state_dict(initial)) for k, opt in optimizers.items()}
     step = interleaved_step_times(runs, data, 2 * args.probe_every, args.rounds, args.device)
     F, B = forward_backward_times(model, data, args.device, 10)

@@ -1,0 +1,21 @@
+"""A short, seeded version of benchmarks/stability.py: fitted rates must not hurt."""
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from stability import CONFIGS, load, run  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load()
+
+
+def test_gen_adamw_from_far_off_rates_keeps_up_with_adamw(data):
+    """From 10x too small or too large a start, GeNAdamW ends near AdamW at its default rate."""
+    final = {name: run(CONFIGS[name], 0, data, steps=100, eval_every=100)[0][-1]
+             for name in ("adamw 1e-3", "gen 1e-4", "gen 1e-2")}
+    for name in ("gen 1e-4", "gen 1e-2"):
+        assert final[name] <= 1.10 * final["adamw 1e-3"], final
