@@ -1,18 +1,23 @@
 """GeNAdamW: AdamW whose per-group learning rates are fitted from the loss (GeN), recording
 each group's influence (PPI/APPI) for AdaPEFT's subset selection.
 
-Every ``probe_every`` steps (the first step included) a *probe round* runs before the update:
+Every ``probe_every`` steps, and at each of the first ``warmup`` steps, a *probe round* runs
+before the update:
 
 1. for each group k with gradients, the loss is evaluated at ``w - eta_j d_k`` for
    ``eta_j = s_j * lr_k`` (``s_j`` in ``probe_scales``), only group k moved (see ``probe``);
+   ``d_k`` is the previous update's AdamW direction, which the current batch never entered
+   (``probe_direction="previous"``), or this step's (``"current"``, the paper's);
 2. ``L(eta) - L0 = -eta A + eta^2/2 B`` is fitted (see ``fit``); when ``A > 0``, ``B > 0`` and
    ``R^2 >= r2_min`` the group's rate moves towards ``A / B`` (clipped to ``rate_clip`` times
-   the current rate, then smoothed: ``lr <- smoothing lr + (1 - smoothing) target``) and
-   ``PPI_k = A^2 / (B |w_k|)`` is added to ``APPI_k``;
+   the current rate, then smoothed: ``lr <- smoothing lr + (1 - smoothing) target``, with no
+   smoothing during warm-up) and ``PPI_k = A^2 / (B |w_k|)`` is added to ``APPI_k``; a clean
+   fit with ``A <= 0``, or any rejected fit during warm-up, moves it towards
+   ``rate_clip[0]`` times itself instead;
 3. with ``joint=True``, after the update the loss is evaluated once more at the new weights;
    with the slope ``G'delta = -sum_k lr_k A_k`` this fits the loss along the combined step
    ``delta``, and when the combined step passed its optimum ``c* < 1`` every fitted rate is
-   scaled by ``c*`` (per-group fits ignore the cross-curvature between groups).
+   scaled by ``max(c*, rate_clip[0])`` (per-group fits ignore the cross-curvature between groups).
 
 Between rounds it is exactly ``torch.optim.AdamW`` with each group's fitted rate, computed by
 torch's own AdamW kernels (foreach where torch uses them); a scheduler's ``group["lr"]``
@@ -66,6 +71,8 @@ class GeNAdamW(torch.optim.Optimizer):
         smoothing: weight of the old rate in ``lr <- smoothing lr + (1 - smoothing) target``.
         rate_clip: ``(lo, hi)``: one fit's target lies within ``[lo, hi]`` times the rate.
         joint: scale the rates down when the combined step of all groups passes its optimum.
+        warmup: the first steps that all probe, unsmoothed, shrinking rates without a clean fit.
+        probe_direction: ``"previous"`` (the last update's direction) or ``"current"``.
         foreach: as ``torch.optim.AdamW``.
 
     State: ``state["appi"]`` maps group name -> accumulated PPI; ``state["ppi"]`` holds one
@@ -236,7 +243,7 @@ class GeNAdamW(torch.optim.Optimizer):
             fit = fit_quadratic(np.array(self.probe_scales) * rate, np.array(values[1 + k * n : 1 + (k + 1) * n]) - loss0)
             reason = fit.rejection(self.r2_min)
             if reason == "nonfinite loss":
-                self._warn_once("nonfinite", "the probe closure returned NaN or inf; the affected fits are rejected and the rates kept")
+                self._warn_once("nonfinite", "the probe closure returned NaN or inf; the affected fits are rejected")
             entry = {"A": fit.A, "B": fit.B, "r2": fit.r2, "ppi": 0.0, "accepted": reason is None, "reason": reason}
             if reason is None:
                 entry["ppi"] = ppi(fit, sum(p.numel() for p in group["params"]))

@@ -113,6 +113,22 @@ def test_quadratic_fit_is_exact():
         assert record[name]["ppi"] == pytest.approx(A**2 / (B * (idx.stop - idx.start)), rel=1e-6)
         assert opt.state["appi"][name] == record[name]["ppi"]
 
+    # the second round probes along the first update's direction, on the current gradient
+    for p in parts:
+        p.grad = None
+    loss().backward()
+    g2 = torch.cat([p.grad for p in parts])
+    w1 = torch.cat([p.detach() for p in parts])
+    m, v = 0.1 * g, 0.001 * g**2  # the moments after one step, before this one's gradient
+    d_prev = (m / 0.1) / ((v / 0.001).sqrt() + eps) + wd * w1
+    opt.step()
+    record = opt.state["ppi"][1]["groups"]
+    for name, idx in (("a", slice(0, 2)), ("b", slice(2, n))):
+        dk = torch.zeros(n, dtype=torch.float64)
+        dk[idx] = d_prev[idx]
+        assert record[name]["A"] == pytest.approx(float(g2 @ dk), rel=1e-6)
+        assert record[name]["B"] == pytest.approx(float(dk @ Q @ dk), rel=1e-6)
+
 
 def test_probes_leave_no_trace():
     """With rates pinned (rate_clip 1..1) a probing step is exactly AdamW: weights, BatchNorm
