@@ -73,7 +73,8 @@ def main():
     data, probe = batches(2, args.batch, args.seq, args.device)
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     optimizers = {k: make_optimizer(k, model, probe, args.probe_every, args.joint) for k in KINDS}
-    runs = {k: (model, opt, lambda: model.load_state_dict(initial)) for k, opt in optimizers.items()}
+    reset = lambda: model.load_state_dict(initial)  # noqa: E731  every optimizer starts from the same weights
+    runs = {k: (model, opt, reset) for k, opt in optimizers.items()}
     step = interleaved_step_times(runs, data, 2 * args.probe_every, args.rounds, args.device)
     F, B = forward_backward_times(model, data, args.device, 10)
     gen = optimizers["gen_probe"]
@@ -88,7 +89,7 @@ def main():
     measured = step["gen_probe"] / step["adamw"]
     print(f"GeNAdamW probe_every={args.probe_every} / AdamW:   {measured:.3f}   theory {theory:.3f}, "
           f"measured/theory {measured / theory:.3f}   (target within 10%)")
-    del runs, optimizers, model
+    del runs, optimizers, reset, model
     peak = {k: peak_memory(memory_run(k, args), args.device) for k in KINDS}
     print("peak memory: " + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in peak.items()))
     print(f"peak memory / AdamW: probing off {peak['gen_off'] / peak['adamw']:.3f}, probing on {peak['gen_probe'] / peak['adamw']:.3f} "

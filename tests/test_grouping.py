@@ -1,5 +1,4 @@
 import pytest
-import torch
 from peft import LoraConfig, get_peft_model
 
 from hf_models import bert, gpt2, llama, roberta, vit
