@@ -27,9 +27,10 @@ def make_optimizer(kind, model, probe, probe_every, joint=False):
     if kind == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=1e-4)
     closure = lambda: model(input_ids=probe, labels=probe).loss  # noqa: E731
-    # warmup=0: the steady state; warm-up adds `warmup` extra probe rounds once per run
+    # warmup=0, search=0: the steady state; warm-up adds `warmup` probe rounds and the first
+    # round's search at most `search` more, once per run
     return GeNAdamW(group_parameters(model), closure, lr=1e-4, probe_every=0 if kind == "gen_off" else probe_every,
-                    warmup=0, joint=joint)
+                    warmup=0, search=0, joint=joint)
 
 
 def forward_backward_times(model, batch, device, repeats):

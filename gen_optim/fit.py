@@ -7,7 +7,9 @@ Moving a group along its update ``d`` by a step ``eta`` changes the loss by
 so probing a few ``eta`` and solving this 2-parameter least-squares problem (no
 intercept: the change is 0 at eta = 0) estimates ``A`` and ``B``. The minimiser of the
 fitted parabola is ``eta* = A / B`` and the loss it predicts to remove is ``A^2 / 2B``;
-the paper's per-parameter influence is ``PPI = A^2 / (B |w|)``.
+the paper's per-parameter influence is ``PPI = A^2 / (B |w|)``. When no probe changes the
+loss by more than ``resolution`` (a group the loss does not depend on yet, such as LoRA's
+``A`` while ``B = 0``) the fit is *flat*: it carries no information about the rate.
 """
 from __future__ import annotations
 
@@ -18,11 +20,13 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Fit:
-    """Slope ``A`` (G'd), curvature ``B`` (d'Hd) and coefficient of determination ``r2``."""
+    """Slope ``A`` (G'd), curvature ``B`` (d'Hd), coefficient of determination ``r2``, and
+    whether the probes left the loss unchanged (``flat``)."""
 
     A: float
     B: float
     r2: float
+    flat: bool = False
 
     @property
     def rate(self) -> float:
@@ -33,6 +37,8 @@ class Fit:
         """Why this fit may not set a rate, or ``None`` when it may."""
         if not np.isfinite([self.A, self.B, self.r2]).all():
             return "nonfinite loss"
+        if self.flat:
+            return "flat (the probes did not change the loss)"
         if self.A <= 0:
             return "not a descent direction (A <= 0)"
         if self.B <= 0:
@@ -42,12 +48,15 @@ class Fit:
         return None
 
 
-def fit_quadratic(etas: np.ndarray, delta_losses: np.ndarray) -> Fit:
-    """Least-squares ``A, B`` of ``delta_losses ~ -etas A + etas^2 / 2 B`` and its ``R^2``."""
+def fit_quadratic(etas: np.ndarray, delta_losses: np.ndarray, resolution: float = 0.0) -> Fit:
+    """Least-squares ``A, B`` of ``delta_losses ~ -etas A + etas^2 / 2 B`` and its ``R^2``;
+    flat when every ``|delta_loss| <= resolution``."""
     etas = np.asarray(etas, dtype=np.float64)
     y = np.asarray(delta_losses, dtype=np.float64)
     if not np.isfinite(y).all():
         return Fit(float("nan"), float("nan"), float("nan"))
+    if np.abs(y).max() <= resolution:
+        return Fit(0.0, 0.0, 0.0, flat=True)
     design = np.stack([-etas, 0.5 * etas**2], axis=1)
     (A, B), *_ = np.linalg.lstsq(design, y, rcond=None)
     total = float(np.sum((y - y.mean()) ** 2))

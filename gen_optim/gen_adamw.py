@@ -4,6 +4,12 @@ each group's influence (PPI/APPI) for AdaPEFT's subset selection.
 Every ``probe_every`` steps, and at each of the first ``warmup`` steps, a *probe round* runs
 before the update:
 
+0. in the first round only, a backtracking line search (``search`` re-probes at most) lowers
+   each rate that is too high for one fit to correct: a poor fit (the probes left the
+   quadratic regime) divides the rate by 4, a clean convex fit whose minimum ``A / B`` lies
+   below ``rate_clip[0]`` times the rate moves it to ``A / B`` (by 4x at most), then it
+   probes again (a rate too high does its damage in one step; one too low grows in warm-up);
+
 1. for each group k with gradients, the loss is evaluated at ``w - eta_j d_k`` for
    ``eta_j = s_j * lr_k`` (``s_j`` in ``probe_scales``), only group k moved (see ``probe``);
    ``d_k`` is the previous update's AdamW direction, which the current batch never entered
@@ -13,7 +19,8 @@ before the update:
    the current rate, then smoothed: ``lr <- smoothing lr + (1 - smoothing) target``, with no
    smoothing during warm-up) and ``PPI_k = A^2 / (B |w_k|)`` is added to ``APPI_k``; a clean
    fit with ``A <= 0``, or any rejected fit during warm-up, moves it towards
-   ``rate_clip[0]`` times itself instead;
+   ``rate_clip[0]`` times itself instead; a flat fit (no probe moved the loss beyond float32
+   rounding) leaves it alone;
 3. with ``joint=True``, after the update the loss is evaluated once more at the new weights;
    with the slope ``G'delta = -sum_k lr_k A_k`` this fits the loss along the combined step
    ``delta``, and when the combined step passed its optimum ``c* < 1`` every fitted rate is
@@ -34,9 +41,12 @@ import numpy as np
 import torch
 from torch.optim.adam import adam
 
-from .fit import fit_quadratic, ppi
+from .fit import Fit, fit_quadratic, ppi
 from .mask import FrontierPoint, Mask, frontier, propose
 from .probe import Closure, adamw_direction, evaluate, mean_over_ranks, probe_group, rng_devices
+
+FLAT_RESOLUTION = 4 * torch.finfo(torch.float32).eps  # times |L0|: float32 rounding of a mean loss
+SEARCH_STEP = 4.0  # the most one line-search probe moves a rate
 
 NO_CLOSURE_FIX = (
     "GeNAdamW needs a closure to probe the loss (probe_every={every}). Pass one that returns the "
@@ -72,6 +82,7 @@ class GeNAdamW(torch.optim.Optimizer):
         rate_clip: ``(lo, hi)``: one fit's target lies within ``[lo, hi]`` times the rate.
         joint: scale the rates down when the combined step of all groups passes its optimum.
         warmup: the first steps that all probe, unsmoothed, shrinking rates without a clean fit.
+        search: re-probes per group in the first round's line search (0: none).
         probe_direction: ``"previous"`` (the last update's direction) or ``"current"``.
         foreach: as ``torch.optim.AdamW``.
 
@@ -95,6 +106,7 @@ class GeNAdamW(torch.optim.Optimizer):
         rate_clip: tuple[float, float] = (0.5, 2.0),
         joint: bool = False,
         warmup: int = 10,
+        search: int = 6,
         probe_direction: str = "previous",
         foreach: bool | None = None,
     ) -> None:
@@ -113,6 +125,8 @@ class GeNAdamW(torch.optim.Optimizer):
             raise ValueError(f"r2_min must lie in [0, 1] and smoothing in [0, 1), got {r2_min}, {smoothing}")
         if not (isinstance(warmup, int) and warmup >= 0):
             raise ValueError(f"warmup must be an int >= 0 (steps that all probe, unsmoothed), got {warmup!r}")
+        if not (isinstance(search, int) and search >= 0):
+            raise ValueError(f"search must be an int >= 0 (re-probes of the first round's line search), got {search!r}")
         if probe_direction not in ("previous", "current"):
             raise ValueError(f"probe_direction must be 'previous' or 'current', got {probe_direction!r}")
         if not 0.0 < rate_clip[0] <= 1.0 <= rate_clip[1]:
@@ -126,6 +140,7 @@ class GeNAdamW(torch.optim.Optimizer):
         self.joint = joint
         self.probe_direction = probe_direction
         self.warmup = warmup
+        self.search = search
         self._warned: set[str] = set()
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, foreach=foreach)
         super().__init__(params, defaults)
@@ -228,19 +243,56 @@ class GeNAdamW(torch.optim.Optimizer):
             closure.start_round()
         loss = self._loss(closure, work)
         probed = [w for w in work if w[1] and self.rate(w[0]) > 0]
+        if self.state["step"] == 0 and self.search:
+            self._search(loss, probed)
+        values = self._probe(loss, probed)
+        return self._fit_round(values, [w[0] for w in probed])
+
+    def _probe(self, loss: Any, probed: list[tuple]) -> list[float]:
+        """``L0``, then each group's losses at its probe scales, averaged over ranks in the
+        round's one host sync."""
         losses = [loss()]
         for w in probed:
             etas = [s * self.rate(w[0]) for s in self.probe_scales]
             losses += probe_group(w[1], self._direction(*w), etas, loss)
-        values = mean_over_ranks(torch.stack(losses)).tolist()  # the round's one host sync
-        return self._fit_round(values, [w[0] for w in probed])
+        return mean_over_ranks(torch.stack(losses)).tolist()
+
+    def _fit(self, group: dict[str, Any], values: list[float], k: int) -> Fit:
+        """The fit of the k-th probed group from a round's ``values``."""
+        loss0, n = values[0], len(self.probe_scales)
+        etas = np.array(self.probe_scales) * self.rate(group)
+        delta = np.array(values[1 + k * n : 1 + (k + 1) * n]) - loss0
+        return fit_quadratic(etas, delta, FLAT_RESOLUTION * abs(loss0))
+
+    def _search(self, loss: Any, probed: list[tuple]) -> None:
+        """The first round's backtracking: probe, lower each group's rate that one fit could
+        not correct (``_search_move``), and probe those again, ``search`` times at most."""
+        for _ in range(self.search):
+            values = self._probe(loss, probed)
+            if not np.isfinite(values[0]):
+                return  # the closure itself is broken: nothing to learn about rates
+            probed = [w for k, w in enumerate(probed) if self._search_move(w[0], self._fit(w[0], values, k))]
+            if not probed:
+                return
+
+    def _search_move(self, group: dict[str, Any], fit: Fit) -> bool:
+        """Lower a group's rate after one search fit; ``True`` when it must be probed again."""
+        rate = self.rate(group)
+        if fit.flat:
+            return False
+        if not fit.r2 >= self.r2_min:  # NaN too: a probe overflowed
+            target = rate / SEARCH_STEP
+        elif fit.A > 0 and fit.B > 0 and fit.rate < self.rate_clip[0] * rate:
+            target = max(fit.rate, rate / SEARCH_STEP)
+        else:
+            return False
+        group["gen_lr"] = target * group["gen_base_lr"] / group["lr"]
+        return True
 
     def _fit_round(self, values: list[float], groups: list[dict[str, Any]]) -> dict[str, Any]:
-        loss0, n = values[0], len(self.probe_scales)
-        record: dict[str, Any] = {"step": self.state["step"], "loss": loss0, "groups": {}}
+        record: dict[str, Any] = {"step": self.state["step"], "loss": values[0], "groups": {}}
         for k, group in enumerate(groups):
-            rate = self.rate(group)
-            fit = fit_quadratic(np.array(self.probe_scales) * rate, np.array(values[1 + k * n : 1 + (k + 1) * n]) - loss0)
+            fit = self._fit(group, values, k)
             reason = fit.rejection(self.r2_min)
             if reason == "nonfinite loss":
                 self._warn_once("nonfinite", "the probe closure returned NaN or inf; the affected fits are rejected")
@@ -249,7 +301,7 @@ class GeNAdamW(torch.optim.Optimizer):
                 entry["ppi"] = ppi(fit, sum(p.numel() for p in group["params"]))
                 self.state["appi"][group["name"]] += entry["ppi"]
                 self._move_rate(group, fit.rate)
-            elif self.state["step"] < self.warmup or (fit.A <= 0 and fit.r2 >= self.r2_min):
+            elif not fit.flat and (self.state["step"] < self.warmup or (fit.A <= 0 and fit.r2 >= self.r2_min)):
                 self._move_rate(group, 0.0)  # no clean parabola yet, or a clean climb: step less
                 entry["reason"] += ": rate shrunk"
             entry["lr"] = self.rate(group)

@@ -13,11 +13,11 @@ import torch
 class GeNAdamWReference(torch.optim.Optimizer):
     def __init__(self, params, closure, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  probe_every=8, probe_scales=(-2.0, -1.0, 1.0, 2.0), r2_min=0.99, smoothing=0.9,
-                 rate_clip=(0.5, 2.0), joint=False, warmup=10, probe_direction="previous"):
+                 rate_clip=(0.5, 2.0), joint=False, warmup=10, search=6, probe_direction="previous"):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
         self.closure, self.probe_every, self.scales = closure, probe_every, probe_scales
         self.r2_min, self.smoothing, self.rate_clip, self.joint = r2_min, smoothing, rate_clip, joint
-        self.probe_direction, self.warmup = probe_direction, warmup
+        self.probe_direction, self.warmup, self.search = probe_direction, warmup, search
         self.t = 0
         self.appi = {}
         for i, group in enumerate(self.param_groups):
@@ -35,33 +35,57 @@ class GeNAdamWReference(torch.optim.Optimizer):
         m_hat, v_hat = m / (1 - beta1**t), v / (1 - beta2**t)
         return m_hat / (v_hat.sqrt() + group["eps"]) + group["weight_decay"] * p, m, v, t
 
+    def fit(self, group, params, loss0):
+        """Probe ``group`` along its direction at its rate's scales; least-squares A, B, R^2,
+        or None when no probe moved the loss beyond float32 rounding."""
+        previous = [self.probe_direction == "previous" and self.state[p].get("step", 0) > 0 for p in params]
+        d = [self.direction(group, p, not prev)[0] for p, prev in zip(params, previous)]
+        w0 = [p.clone() for p in params]
+        etas = np.array(self.scales) * group["gen_lr"]
+        losses = []
+        for eta in etas:
+            for p, w, dp in zip(params, w0, d):
+                p.copy_(w - eta * dp)
+            losses.append(float(self.closure()) - loss0)
+        for p, w in zip(params, w0):
+            p.copy_(w)
+        y = np.array(losses)
+        if np.abs(y).max() <= 4 * np.finfo(np.float32).eps * abs(loss0):
+            return None
+        X = np.stack([-etas, etas**2 / 2], axis=1)
+        A, B = np.linalg.solve(X.T @ X, X.T @ y)
+        return A, B, 1 - np.sum((y - X @ [A, B]) ** 2) / np.sum((y - y.mean()) ** 2)
+
     @torch.no_grad()
     def step(self):
         probing = self.probe_every > 0 and (self.t < self.warmup or self.t % self.probe_every == 0)
         smoothing = self.smoothing if self.t >= self.warmup else 0.0
         if probing:
+            active = [(g, [p for p in g["params"] if p.grad is not None]) for g in self.param_groups]
+            active = [(g, params) for g, params in active if params]
+            pending = active
+            for _ in range(self.search if self.t == 0 else 0):  # backtracking: lower each rate one fit
+                loss0, lowered = float(self.closure()), []      # can't correct, probe it again
+                for group, params in pending if np.isfinite(loss0) else []:
+                    fit = self.fit(group, params, loss0)
+                    if fit is not None and not fit[2] >= self.r2_min:
+                        group["gen_lr"] /= 4
+                    elif fit is not None and fit[0] > 0 and fit[1] > 0 and fit[0] / fit[1] < self.rate_clip[0] * group["gen_lr"]:
+                        group["gen_lr"] = max(fit[0] / fit[1], group["gen_lr"] / 4)
+                    else:
+                        continue
+                    lowered.append((group, params))
+                pending = lowered
+                if not pending:
+                    break
             loss0 = float(self.closure())
             fits = {}
-            for group in self.param_groups:
-                params = [p for p in group["params"] if p.grad is not None]
-                if not params:
+            for group, params in active:
+                fit = self.fit(group, params, loss0)
+                fits[group["name"]] = 0.0 if fit is None else fit[0]
+                if fit is None:
                     continue
-                previous = [self.probe_direction == "previous" and self.state[p].get("step", 0) > 0 for p in params]
-                d = [self.direction(group, p, not prev)[0] for p, prev in zip(params, previous)]
-                w0 = [p.clone() for p in params]
-                etas = np.array(self.scales) * group["gen_lr"]
-                losses = []
-                for eta in etas:
-                    for p, w, dp in zip(params, w0, d):
-                        p.copy_(w - eta * dp)
-                    losses.append(float(self.closure()) - loss0)
-                for p, w in zip(params, w0):
-                    p.copy_(w)
-                X = np.stack([-etas, etas**2 / 2], axis=1)
-                y = np.array(losses)
-                A, B = np.linalg.solve(X.T @ X, X.T @ y)
-                r2 = 1 - np.sum((y - X @ [A, B]) ** 2) / np.sum((y - y.mean()) ** 2)
-                fits[group["name"]] = A
+                A, B, r2 = fit
                 if A > 0 and B > 0 and r2 >= self.r2_min:
                     self.appi[group["name"]] += A**2 / (B * sum(p.numel() for p in group["params"]))
                     lo, hi = self.rate_clip

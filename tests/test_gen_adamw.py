@@ -58,12 +58,13 @@ def test_probe_every_zero_is_adamw_step_for_step(dtype):
     assert not torch.equal(model.fc.weight, Net().to(dtype).fc.weight)
 
 
-@pytest.mark.parametrize("probe_direction", ["previous", "current"])
-def test_matches_reference_step_for_step(probe_direction):
+@pytest.mark.parametrize("probe_direction,lr", [("previous", 1e-2), ("current", 1e-2), ("previous", 1.0)])
+def test_matches_reference_step_for_step(probe_direction, lr):
+    """Also from lr=1.0, so far too high that the first round's search lowers every rate."""
     torch.manual_seed(0)
     model = Net().double()
     twin = copy.deepcopy(model)
-    kw = dict(lr=1e-2, probe_every=3, r2_min=0.9, smoothing=0.5, weight_decay=0.05, probe_direction=probe_direction)
+    kw = dict(lr=lr, probe_every=3, r2_min=0.9, smoothing=0.5, weight_decay=0.05, probe_direction=probe_direction)
     ours = GeNAdamW(group_parameters(model), mse_closure(model), **kw)
     ref = GeNAdamWReference(group_parameters(twin), mse_closure(twin), **kw)
     tokens, target = make_data()
@@ -72,12 +73,14 @@ def test_matches_reference_step_for_step(probe_direction):
             opt.zero_grad()
             F.mse_loss(m(tokens.clone()), target.double()).backward()
             opt.step()
+        if lr == 1.0 and len(ours.state["ppi"]) == 1:
+            assert any(g["gen_lr"] < lr / 2 for g in ours.param_groups)  # below what one fit can do
         for a, b in zip(model.parameters(), twin.parameters()):
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
         assert [g["gen_lr"] for g in ours.param_groups] == pytest.approx([g["gen_lr"] for g in ref.param_groups], rel=1e-9)
     assert ours.state["appi"] == pytest.approx(ref.appi, rel=1e-7)
     assert any(r["groups"][n]["accepted"] for r in ours.state["ppi"] for n in r["groups"])
-    assert [g["gen_lr"] for g in ours.param_groups] != [1e-2] * len(ours.param_groups)
+    assert [g["gen_lr"] for g in ours.param_groups] != [lr] * len(ours.param_groups)
 
 
 def test_quadratic_fit_is_exact():
@@ -130,6 +133,62 @@ def test_quadratic_fit_is_exact():
         assert record[name]["B"] == pytest.approx(float(dk @ Q @ dk), rel=1e-6)
 
 
+def one_step_on(loss, params, **kw):
+    """GeNAdamW's first step on ``loss`` of named tensors; returns the optimizer."""
+    opt = GeNAdamW([{"params": [p], "name": n} for n, p in params.items()], loss, probe_every=1, **kw)
+    loss().backward()
+    opt.step()
+    return opt
+
+
+def test_first_round_backtracks_a_rate_far_too_high():
+    """On a quadratic every fit is clean, so only the optimum A/B < rate/2 lowers the rate: by
+    4x per re-probe, then the round sets it to A/B exactly; without the search it only halves."""
+    torch.manual_seed(0)
+    Q = torch.diag(torch.tensor([1.0, 3.0, 10.0], dtype=torch.float64))
+    w0 = torch.randn(3, dtype=torch.float64)
+    for search in (6, 0):
+        w = torch.nn.Parameter(w0.clone())
+        opt = one_step_on(lambda: 0.5 * w @ Q @ w, {"w": w}, lr=300.0, weight_decay=0.0, search=search)
+        fit = opt.state["ppi"][0]["groups"]["w"]
+        assert fit["r2"] == pytest.approx(1.0)
+        optimum = fit["A"] / fit["B"]
+        assert optimum < 300.0 / 50  # the start is far too high
+        assert opt.param_groups[0]["gen_lr"] == pytest.approx(optimum if search else 150.0, rel=1e-9)
+
+
+def test_first_round_backtracks_out_of_a_non_quadratic_region():
+    """log cosh is linear far out: probes there fit no parabola, the search divides the rate by 4
+    until they do; without the search the first fit is poor and the rate only halves."""
+    torch.manual_seed(0)
+    w0 = 3 * torch.randn(8, dtype=torch.float64)
+    fits = {}
+    for search in (6, 0):
+        w = torch.nn.Parameter(w0.clone())
+        opt = one_step_on(lambda: torch.log(torch.cosh(w)).sum(), {"w": w}, lr=10.0, weight_decay=0.0, search=search)
+        fits[search] = opt.state["ppi"][0]["groups"]["w"]
+        fits[search]["gen_lr"] = opt.param_groups[0]["gen_lr"]
+    assert fits[0]["r2"] < 0.99 and fits[0]["gen_lr"] == 5.0
+    assert fits[6]["accepted"] and fits[6]["gen_lr"] <= 10.0 / 4
+
+
+def test_flat_fit_leaves_the_rate_alone():
+    """LoRA's A does not move the loss while B = 0: its fit is flat, and even warm-up keeps its rate."""
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 4), torch.randn(32, 4)
+    lora_A = torch.nn.Parameter(torch.randn(4, 2))
+    lora_B = torch.nn.Parameter(torch.zeros(2, 4))
+
+    def loss():
+        return F.mse_loss(x + x @ lora_A @ lora_B, y)
+
+    opt = one_step_on(loss, {"lora_A": lora_A, "lora_B": lora_B}, lr=1e-2)
+    record = opt.state["ppi"][0]["groups"]
+    assert record["lora_A"]["reason"].startswith("flat") and record["lora_A"]["ppi"] == 0.0
+    assert opt.param_groups[0]["gen_lr"] == 1e-2
+    assert record["lora_B"]["accepted"] and opt.param_groups[1]["gen_lr"] != 1e-2
+
+
 def test_probes_leave_no_trace():
     """With rates pinned (rate_clip 1..1) a probing step is exactly AdamW: weights, BatchNorm
     buffers and the RNG stream are untouched by the probe forwards (dropout on, train mode)."""
@@ -164,7 +223,7 @@ def test_every_probe_of_a_round_sees_the_same_rng_state():
         draws.append(torch.rand(1).item())
         return F.mse_loss(model(tokens), target)
 
-    opt = GeNAdamW(group_parameters(model), closure, probe_every=1, joint=True)
+    opt = GeNAdamW(group_parameters(model), closure, probe_every=1, joint=True, search=0)
     F.mse_loss(model(tokens), target).backward()
     opt.step()
     groups = len(opt.state["ppi"][0]["groups"])
@@ -245,7 +304,7 @@ def test_warmup_probes_every_step_and_shrinks_rates_without_a_clean_fit():
     "kwargs",
     [dict(lr=0.0), dict(lr=-1.0), dict(probe_every=-1), dict(probe_every=1.5), dict(probe_scales=(1.0, 2.0)),
      dict(probe_scales=(0.0, 1.0, 2.0)), dict(r2_min=1.5), dict(smoothing=1.0), dict(rate_clip=(2.0, 3.0)),
-     dict(betas=(1.0, 0.9)), dict(probe_direction="next")],
+     dict(betas=(1.0, 0.9)), dict(probe_direction="next"), dict(search=-1), dict(search=2.0)],
 )
 def test_bad_arguments(kwargs):
     with pytest.raises(ValueError):
