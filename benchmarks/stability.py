@@ -11,8 +11,10 @@ held-out loss at each evaluation step, mean (and worst) over seeds, for:
   own batch, no warm-up), and the stable-rates issue's proposal (this step's direction probed
   on the previous batch, joint correction), from 1e-3;
 then whether each GeNAdamW run is within 2% of the best AdamW at the last step.
+``--ablation`` instead runs each knob's default against other values (search, warm-up,
+smoothing, rate_clip) beside AdamW 1e-3 and the defaults from 1e-3 and 1e-2.
 
-    python benchmarks/stability.py [--steps 200] [--seeds 0 1 2] [--configs NAME ...]
+    python benchmarks/stability.py [--steps 200] [--seeds 0 1 2] [--configs NAME ... | --ablation]
 """
 from __future__ import annotations
 
@@ -42,6 +44,15 @@ CONFIGS = {
     "gen + joint 1e-3": dict(lr=1e-3, gen=dict(joint=True)),
     "paper literal 1e-3": dict(lr=1e-3, gen=dict(probe_direction="current", warmup=0), batch="current"),
     "previous batch + joint 1e-3": dict(lr=1e-3, gen=dict(probe_direction="current", warmup=0, joint=True), batch="previous"),
+}
+ABLATIONS = {
+    "gen 1e-2 search 0": dict(lr=1e-2, gen=dict(search=0)),
+    "gen 1e-2 warmup 0": dict(lr=1e-2, gen=dict(warmup=0)),
+    "gen 1e-2 warmup 20": dict(lr=1e-2, gen=dict(warmup=20)),
+    "gen 1e-3 smoothing 0.5": dict(lr=1e-3, gen=dict(smoothing=0.5)),
+    "gen 1e-3 smoothing 0.97": dict(lr=1e-3, gen=dict(smoothing=0.97)),
+    "gen 1e-3 rate_clip 0.8-1.25": dict(lr=1e-3, gen=dict(rate_clip=(0.8, 1.25))),
+    "gen 1e-3 rate_clip 0.25-4": dict(lr=1e-3, gen=dict(rate_clip=(0.25, 4.0))),
 }
 
 
@@ -98,12 +109,16 @@ def main():
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--eval_every", type=int, default=50)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS) + list(ABLATIONS))
+    parser.add_argument("--ablation", action="store_true", help="the knobs' defaults against other values")
     args = parser.parse_args()
+    configs = {**CONFIGS, **ABLATIONS}
+    if args.ablation:
+        args.configs = ["adamw 1e-3", "gen 1e-3", "gen 1e-2", *ABLATIONS]
     data = load()
     results, started = {}, time.time()
     for name in args.configs:
-        results[name] = [run(CONFIGS[name], seed, data, args.steps, args.eval_every)[0] for seed in args.seeds]
+        results[name] = [run(configs[name], seed, data, args.steps, args.eval_every)[0] for seed in args.seeds]
         print(f"  ran {name} ({time.time() - started:.0f} s)", file=sys.stderr, flush=True)
     evals = list(range(args.eval_every, args.steps + 1, args.eval_every))
     print(f"held-out loss, mean over seeds {args.seeds} (worst seed in brackets); torch {torch.__version__}")

@@ -17,7 +17,7 @@ class GeNAdamWReference(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
         self.closure, self.probe_every, self.scales = closure, probe_every, probe_scales
         self.r2_min, self.smoothing, self.rate_clip, self.joint = r2_min, smoothing, rate_clip, joint
-        self.probe_direction, self.warmup, self.search = probe_direction, warmup, search
+        self.probe_direction, self.warmup, self.search_steps = probe_direction, warmup, search
         self.t = 0
         self.appi = {}
         for i, group in enumerate(self.param_groups):
@@ -56,6 +56,27 @@ class GeNAdamWReference(torch.optim.Optimizer):
         A, B = np.linalg.solve(X.T @ X, X.T @ y)
         return A, B, 1 - np.sum((y - X @ [A, B]) ** 2) / np.sum((y - y.mean()) ** 2)
 
+    def search(self, pending):
+        """The first round's backtracking: lower each rate one fit can't correct, probe it again."""
+        for _ in range(self.search_steps):
+            loss0 = float(self.closure())
+            if not (pending and np.isfinite(loss0)):
+                return
+            lowered = []
+            for group, params in pending:
+                fit = self.fit(group, params, loss0)
+                if fit is None:
+                    continue
+                A, B, r2 = fit
+                if not r2 >= self.r2_min:
+                    group["gen_lr"] /= 4
+                elif A > 0 and B > 0 and A / B < self.rate_clip[0] * group["gen_lr"]:
+                    group["gen_lr"] = max(A / B, group["gen_lr"] / 4)
+                else:
+                    continue
+                lowered.append((group, params))
+            pending = lowered
+
     @torch.no_grad()
     def step(self):
         probing = self.probe_every > 0 and (self.t < self.warmup or self.t % self.probe_every == 0)
@@ -63,21 +84,8 @@ class GeNAdamWReference(torch.optim.Optimizer):
         if probing:
             active = [(g, [p for p in g["params"] if p.grad is not None]) for g in self.param_groups]
             active = [(g, params) for g, params in active if params]
-            pending = active
-            for _ in range(self.search if self.t == 0 else 0):  # backtracking: lower each rate one fit
-                loss0, lowered = float(self.closure()), []      # can't correct, probe it again
-                for group, params in pending if np.isfinite(loss0) else []:
-                    fit = self.fit(group, params, loss0)
-                    if fit is not None and not fit[2] >= self.r2_min:
-                        group["gen_lr"] /= 4
-                    elif fit is not None and fit[0] > 0 and fit[1] > 0 and fit[0] / fit[1] < self.rate_clip[0] * group["gen_lr"]:
-                        group["gen_lr"] = max(fit[0] / fit[1], group["gen_lr"] / 4)
-                    else:
-                        continue
-                    lowered.append((group, params))
-                pending = lowered
-                if not pending:
-                    break
+            if self.t == 0:
+                self.search(active)
             loss0 = float(self.closure())
             fits = {}
             for group, params in active:
