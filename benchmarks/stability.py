@@ -47,11 +47,15 @@ CONFIGS = {
 }
 ABLATIONS = {
     "gen 1e-2 search 0": dict(lr=1e-2, gen=dict(search=0)),
+    "gen 1e-4 warmup 0": dict(lr=1e-4, gen=dict(warmup=0)),
+    "gen 1e-3 warmup 0": dict(lr=1e-3, gen=dict(warmup=0)),
     "gen 1e-2 warmup 0": dict(lr=1e-2, gen=dict(warmup=0)),
     "gen 1e-2 warmup 20": dict(lr=1e-2, gen=dict(warmup=20)),
     "gen 1e-3 smoothing 0.5": dict(lr=1e-3, gen=dict(smoothing=0.5)),
     "gen 1e-3 smoothing 0.97": dict(lr=1e-3, gen=dict(smoothing=0.97)),
+    "gen 1e-4 rate_clip 0.8-1.25": dict(lr=1e-4, gen=dict(rate_clip=(0.8, 1.25))),
     "gen 1e-3 rate_clip 0.8-1.25": dict(lr=1e-3, gen=dict(rate_clip=(0.8, 1.25))),
+    "gen 1e-2 rate_clip 0.8-1.25": dict(lr=1e-2, gen=dict(rate_clip=(0.8, 1.25))),
     "gen 1e-3 rate_clip 0.25-4": dict(lr=1e-3, gen=dict(rate_clip=(0.25, 4.0))),
 }
 
