@@ -60,7 +60,7 @@ def test_probe_every_zero_is_adamw_step_for_step(dtype):
 
 @pytest.mark.parametrize("probe_direction,lr", [("previous", 1e-2), ("current", 1e-2), ("previous", 1.0)])
 def test_matches_reference_step_for_step(probe_direction, lr):
-    """Also from lr=1.0, so far too high that the first round's search lowers every rate."""
+    """Also from lr=1.0, so high that the first round's search lowers rates further than one fit can."""
     torch.manual_seed(0)
     model = Net().double()
     twin = copy.deepcopy(model)
