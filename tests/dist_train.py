@@ -1,5 +1,6 @@
 """Run under `accelerate launch --multi_gpu --num_processes 2`: GeNAdamW with probing under DDP."""
 import json
+import os
 import sys
 
 import torch
@@ -33,7 +34,11 @@ weights = accelerator.gather(flat[None]).tolist()
 losses = accelerator.gather(torch.tensor([batch_losses[0]])).tolist()
 appi = accelerator.gather(torch.tensor([list(opt.state["appi"].values())])).tolist()
 if accelerator.is_main_process:
-    json.dump({"weights_equal": weights[0] == weights[1], "first_losses": losses, "appi": appi,
-               "steps": opt.optimizer.state["step"], "rounds": len(opt.state["ppi"])}, open(sys.argv[1], "w"))
+    with open(sys.argv[1], "w") as f:
+        json.dump({"weights_equal": weights[0] == weights[1], "first_losses": losses, "appi": appi,
+                   "steps": opt.optimizer.state["step"], "rounds": len(opt.state["ppi"])}, f)
 accelerator.wait_for_everyone()
 accelerator.end_training()
+# Skip interpreter finalization: gloo's worker threads can abort it ("terminate called without
+# an active exception", about 1 run in 6 here; see pytorch/pytorch#179291) after all work is done.
+os._exit(0)
