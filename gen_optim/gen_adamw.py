@@ -9,7 +9,6 @@ before the update:
    quadratic regime) divides the rate by 4, a clean convex fit whose minimum ``A / B`` lies
    below ``rate_clip[0]`` times the rate moves it to ``A / B`` (by 4x at most), then it
    probes again (a rate too high does its damage in one step; one too low grows in warm-up);
-
 1. for each group k with gradients, the loss is evaluated at ``w - eta_j d_k`` for
    ``eta_j = s_j * lr_k`` (``s_j`` in ``probe_scales``), only group k moved (see ``probe``);
    ``d_k`` is the previous update's AdamW direction, which the current batch never entered
