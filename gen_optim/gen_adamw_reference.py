@@ -59,8 +59,10 @@ class GeNAdamWReference(torch.optim.Optimizer):
     def search(self, pending):
         """The first round's backtracking: lower each rate one fit can't correct, probe it again."""
         for _ in range(self.search_steps):
+            if not pending:
+                return
             loss0 = float(self.closure())
-            if not (pending and np.isfinite(loss0)):
+            if not np.isfinite(loss0):
                 return
             lowered = []
             for group, params in pending:
