@@ -225,7 +225,7 @@ def main(argv=None):
     if accelerator.is_main_process:
         mask.save(out / "mask.json")
         (out / "appi.json").write_text(json.dumps(opt.state["appi"], indent=2))
-        (out / "ppi_history.json").write_text(json.dumps(opt.state["ppi"]))
+        (out / "ppi_history.json").write_text(json.dumps(opt.history))
         (out / "frontier.json").write_text(json.dumps(frontiers))
 
     if args.select_only:

@@ -23,14 +23,6 @@ from torch import nn
 Inputs = tuple[tuple[Any, ...], dict[str, Any]]
 
 
-def _running_stats(model: nn.Module) -> list[torch.Tensor]:
-    """Buffers that a forward in train mode changes (BatchNorm-style running statistics)."""
-    return [
-        b for m in model.modules() if getattr(m, "track_running_stats", False) and m.training
-        for b in m.buffers(recurse=False)
-    ]
-
-
 def output_loss(output: Any) -> torch.Tensor:
     """``output.loss`` of a Hugging Face model, with an error that says what to do without one."""
     loss = output.get("loss") if isinstance(output, dict) else getattr(output, "loss", None)
@@ -45,8 +37,9 @@ def output_loss(output: Any) -> torch.Tensor:
 class ProbeClosure:
     """Evaluates ``loss(batch)`` on the batch fixed for the round by ``start_round()``.
 
-    Running statistics (BatchNorm buffers) are restored after every evaluation, and forwards
-    made while evaluating are marked (``replaying``) so that recording hooks ignore them.
+    Forwards made while evaluating are marked (``replaying``) so that recording hooks ignore
+    them. (GeNAdamW restores BatchNorm running statistics after every probe, whatever the
+    closure.)
     """
 
     def __init__(self, model: nn.Module, next_batch: Callable[[], Any], loss: Callable[[Any], torch.Tensor]) -> None:
@@ -63,14 +56,11 @@ class ProbeClosure:
     def __call__(self) -> torch.Tensor:
         if self._batch is None:
             self.start_round()
-        stats = [b.clone() for b in _running_stats(self.model)]
         self.replaying = True
         try:
             return self._loss(self._batch)
         finally:
             self.replaying = False
-            for buffer, saved in zip(_running_stats(self.model), stats):
-                buffer.copy_(saved)
 
 
 def replay_closure(

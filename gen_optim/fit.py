@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+FLAT_RESOLUTION = 4 * float(np.finfo(np.float32).eps)  # times |L0|: float32 rounding of a mean loss
+
 
 @dataclass(frozen=True)
 class Fit:
@@ -68,3 +70,17 @@ def fit_quadratic(etas: np.ndarray, delta_losses: np.ndarray, resolution: float 
 def ppi(fit: Fit, numel: int) -> float:
     """Per-parameter influence ``A^2 / (B |w|)`` of an accepted fit."""
     return fit.A**2 / (fit.B * numel)
+
+
+@dataclass(frozen=True)
+class Probes:
+    """One group's probe losses, each with the step ``eta`` that produced it."""
+
+    etas: tuple[float, ...]
+    losses: tuple[float, ...]
+
+    def fit(self, loss0: float, sign: float = 1.0) -> Fit:
+        """The fit of ``sign * (L(eta) - L0)``: ``sign = -1`` when the group maximizes its objective.
+        Flat when no probe moved the loss beyond float32 rounding of ``L0``."""
+        delta = sign * (np.asarray(self.losses, dtype=np.float64) - loss0)
+        return fit_quadratic(np.asarray(self.etas), delta, FLAT_RESOLUTION * abs(loss0))

@@ -31,28 +31,47 @@ scales the fitted rate by ``group["lr"] / group["gen_base_lr"]``.
 """
 from __future__ import annotations
 
+import copy
 import sys
 import warnings
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from torch.optim.adam import adam
+from torch.optim.adamw import adamw
+from torch.optim.optimizer import _get_scalar_dtype, _use_grad_for_differentiable
 
-from .fit import Fit, fit_quadratic, ppi
+from .fit import Fit, Probes, ppi
 from .mask import FrontierPoint, Mask, frontier, propose
-from .probe import Closure, adamw_direction, evaluate, mean_over_ranks, probe_group, rng_devices
+from .probe import Closure, ClosureError, adamw_direction, evaluate, mean_over_ranks, probe_group, real_numel, rng_devices
 
-FLAT_RESOLUTION = 4 * torch.finfo(torch.float32).eps  # times |L0|: float32 rounding of a mean loss
 SEARCH_STEP = 4.0  # the most one line-search probe moves a rate
+HISTORY_ROUNDS = 256  # probe records kept in the state; older ones are thinned to every other one
+
+# AdamW's options, as torch.optim.AdamW names and defaults them.
+ADAMW_OPTIONS = dict(amsgrad=False, maximize=False, foreach=None, capturable=False, differentiable=False, fused=None)
+# GeN's settings: per param group, like AdamW's, so they survive state_dict(), copies and pickles.
+GEN_SETTINGS = dict(
+    probe_every=8, probe_scales=(-2.0, -1.0, 1.0, 2.0), r2_min=0.99, smoothing=0.9, rate_clip=(0.5, 2.0),
+    joint=False, warmup=10, search=6, probe_direction="previous",
+)
+PROBE_DIRECTIONS = ("previous", "current")
 
 NO_CLOSURE_FIX = (
-    "GeNAdamW needs a closure to probe the loss (probe_every={every}). Pass one that returns the "
-    "loss of the current batch without calling backward, either to the constructor "
-    "`GeNAdamW(params, closure=lambda: loss_fn(model(x), y))` or to `opt.step(closure)`; "
+    "GeNAdamW needs a probe closure to probe the loss (probe_every={every}): one that returns the "
+    "loss of the current batch without calling backward, given to the constructor, "
+    "`GeNAdamW(params, closure=lambda: loss_fn(model(x), y))`, or set as `opt.closure`; "
     "for the HF Trainer or other loops use `closure=gen_optim.replay_closure(model)`; "
-    "or turn probing off with probe_every=0."
+    "or turn probing off with probe_every=0. (`opt.step(closure)` takes torch's kind of closure, "
+    "which computes the gradients, and cannot probe.)"
+)
+STEP_CLOSURE_FIX = (
+    "opt.step(closure) follows torch's contract: the closure must compute the gradients "
+    "(zero_grad, forward, backward) and return the loss. This one computed no gradient. A probe "
+    "closure (the loss without backward) goes to the constructor, "
+    "`GeNAdamW(params, closure=...)`, or to `opt.closure`."
 )
 
 
@@ -64,15 +83,114 @@ def _deepspeed_active() -> bool:
     return bool(AcceleratorState._shared_state) and AcceleratorState().distributed_type == DistributedType.DEEPSPEED
 
 
+def _check_adamw(lr: Any, betas: tuple, eps: float, weight_decay: float, options: dict[str, Any]) -> None:
+    """torch.optim.AdamW's own checks of its arguments."""
+    if isinstance(lr, torch.Tensor):
+        if options["foreach"] and not options["capturable"]:
+            raise ValueError("lr as a Tensor is not supported for capturable=False and foreach=True")
+        if lr.numel() != 1:
+            raise ValueError("a Tensor lr must have one element")
+    elif isinstance(lr, bool) or not isinstance(lr, float | int):
+        raise TypeError(f"lr must be a float (or a one-element Tensor), got {lr!r}")
+    if not lr >= 0.0:
+        raise ValueError(f"lr must be >= 0 (each group's starting rate), got {lr!r}")
+    if not 0.0 <= betas[0] < 1.0 or not 0.0 <= betas[1] < 1.0:
+        raise ValueError(f"betas must lie in [0, 1), got {betas}")
+    if not eps >= 0 or not weight_decay >= 0:
+        raise ValueError(f"eps and weight_decay must be >= 0, got {eps}, {weight_decay}")
+    if options["fused"] and options["differentiable"]:
+        raise RuntimeError("`fused` does not support `differentiable`")
+    if options["fused"] and options["foreach"]:
+        raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+
+
+def _check_gen(group: dict[str, Any]) -> None:
+    """GeN's checks of one param group's settings."""
+    every, scales = group["probe_every"], group["probe_scales"]
+    if isinstance(every, bool) or not (isinstance(every, int) and every >= 0):
+        raise ValueError(f"probe_every must be an int >= 0 (0 turns probing off), got {every!r}")
+    if len(set(scales)) < 3 or 0.0 in scales:
+        raise ValueError(f"probe_scales needs at least 3 distinct non-zero values to fit and judge a parabola, got {scales}")
+    if not 0.0 <= group["r2_min"] <= 1.0 or not 0.0 <= group["smoothing"] < 1.0:
+        raise ValueError(f"r2_min must lie in [0, 1] and smoothing in [0, 1), got {group['r2_min']}, {group['smoothing']}")
+    for key, meaning in (("warmup", "steps that all probe, unsmoothed"), ("search", "re-probes of the first round's line search")):
+        if isinstance(group[key], bool) or not (isinstance(group[key], int) and group[key] >= 0):
+            raise ValueError(f"{key} must be an int >= 0 ({meaning}), got {group[key]!r}")
+    if group["probe_direction"] not in PROBE_DIRECTIONS:
+        raise ValueError(f"probe_direction must be one of {PROBE_DIRECTIONS}, got {group['probe_direction']!r}")
+    lo, hi = group["rate_clip"]
+    if not 0.0 < lo <= 1.0 <= hi:
+        raise ValueError(f"rate_clip must be (lo, hi) with 0 < lo <= 1 <= hi, got {group['rate_clip']}")
+    if group["differentiable"] and every > 0:
+        raise ValueError(
+            "differentiable=True cannot probe: probes edit the weights in place, which autograd forbids "
+            "for tensors a differentiable step saved; use probe_every=0 (a differentiable AdamW)"
+        )
+
+
+def _fresh_log() -> dict[str, Any]:
+    """The optimizer-wide record kept in ``state["gen"]``."""
+    return {"step": 0, "rounds": 0, "stride": 1, "history": [], "last_round": None, "mask": None}
+
+
+def _log_from_0_1_0(state: dict[Any, Any]) -> dict[str, Any]:
+    """``state["gen"]`` from a 0.1.0 checkpoint, which kept ``step``, ``ppi`` and ``mask`` in the state."""
+    log = _fresh_log()
+    log["step"] = int(state.pop("step", 0))
+    history = list(state.pop("ppi", []))
+    log["mask"] = state.pop("mask", None)
+    log["rounds"] = len(history)
+    log["last_round"] = history[-1] if history else None
+    while len(history) > HISTORY_ROUNDS:
+        history, log["stride"] = history[::2], 2 * log["stride"]
+    log["history"] = history
+    return log
+
+
+@dataclass
+class GroupWork:
+    """One param group's tensors with gradients, gathered for this step's AdamW kernel."""
+
+    group: dict[str, Any]
+    params: list[torch.Tensor] = field(default_factory=list)
+    grads: list[torch.Tensor] = field(default_factory=list)
+    exp_avgs: list[torch.Tensor] = field(default_factory=list)
+    exp_avg_sqs: list[torch.Tensor] = field(default_factory=list)
+    max_exp_avg_sqs: list[torch.Tensor] = field(default_factory=list)
+    steps: list[torch.Tensor] = field(default_factory=list)
+    has_complex: bool = False
+
+    def direction(self, i: int, w: torch.Tensor) -> torch.Tensor:
+        """``d`` of the i-th tensor at its value ``w``: the previous update's direction
+        (``probe_direction="previous"``, where there is one) or this step's."""
+        g = self.group
+        t = int(self.steps[i])
+        amsgrad = self.max_exp_avg_sqs[i] if g["amsgrad"] else None
+        previous = g["probe_direction"] == "previous" and t > 0
+        return adamw_direction(
+            w, self.exp_avgs[i], self.exp_avg_sqs[i], t if previous else t + 1, *g["betas"], g["eps"],
+            g["weight_decay"], grad=None if previous else self.grads[i], max_exp_avg_sq=amsgrad, maximize=g["maximize"],
+        )
+
+
+@dataclass(frozen=True)
+class Round:
+    """A probe round's losses: ``L0``, then each probed group's probes."""
+
+    loss0: float
+    probes: list[Probes]
+
+
 class GeNAdamW(torch.optim.Optimizer):
     """Drop-in ``torch.optim.AdamW`` with GeN-fitted per-group learning rates and APPI.
 
     Args:
-        params: tensors, or param-group dicts; a dict may carry ``name`` (else ``group{i}``).
+        params: tensors, or param-group dicts; a dict may carry ``name`` (else ``group{i}``)
+            and any setting below (AdamW's and GeN's alike) for that group alone.
             ``gen_optim.group_parameters(model)`` gives the AdaPEFT groups.
-        closure: returns the loss of the current batch *without* calling backward; may
-            instead be passed to ``step(closure)``. Needed when ``probe_every > 0``.
-        lr, betas, eps, weight_decay: as ``torch.optim.AdamW``; ``lr`` is each group's
+        closure: the *probe closure*: returns the loss of the current batch *without* calling
+            backward. Needed when ``probe_every > 0``; may be set later as ``opt.closure``.
+        lr, betas, eps, weight_decay, amsgrad: as ``torch.optim.AdamW``; ``lr`` is each group's
             starting rate.
         probe_every: steps between probe rounds (0 turns probing off: plain AdamW).
         probe_scales: the multiples ``s_j`` of a group's rate at which it is probed.
@@ -81,89 +199,153 @@ class GeNAdamW(torch.optim.Optimizer):
         rate_clip: ``(lo, hi)``: one fit's target lies within ``[lo, hi]`` times the rate.
         joint: scale the rates down when the combined step of all groups passes its optimum.
         warmup: the first steps that all probe, unsmoothed, shrinking rates without a clean fit.
-        search: re-probes per group in the first round's line search (0: none).
+        search: re-probes per group in its first round's line search (0: none).
         probe_direction: ``"previous"`` (the last update's direction) or ``"current"``.
-        foreach: as ``torch.optim.AdamW``.
+        foreach, maximize, capturable, differentiable, fused: as ``torch.optim.AdamW``
+            (``differentiable`` only with ``probe_every=0``).
 
-    State: ``state["appi"]`` maps group name -> accumulated PPI; ``state["ppi"]`` holds one
-    record per probe round; ``state["step"]`` counts steps. All survive ``state_dict()``.
+    State: ``state[p]`` holds AdamW's tensors for each parameter, ``state["appi"]`` maps group
+    name -> accumulated PPI, and ``state["gen"]`` the step count, the last proposed mask and a
+    bounded history of probe rounds (``opt.history``). All survive ``state_dict()``.
     """
 
     def __init__(
         self,
         params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
         closure: Closure | None = None,
-        lr: float = 1e-3,
+        lr: float | torch.Tensor = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 1e-2,
+        amsgrad: bool = False,
         *,
-        probe_every: int = 8,
-        probe_scales: tuple[float, ...] = (-2.0, -1.0, 1.0, 2.0),
-        r2_min: float = 0.99,
-        smoothing: float = 0.9,
-        rate_clip: tuple[float, float] = (0.5, 2.0),
-        joint: bool = False,
-        warmup: int = 10,
-        search: int = 6,
-        probe_direction: str = "previous",
+        probe_every: int = GEN_SETTINGS["probe_every"],
+        probe_scales: tuple[float, ...] = GEN_SETTINGS["probe_scales"],
+        r2_min: float = GEN_SETTINGS["r2_min"],
+        smoothing: float = GEN_SETTINGS["smoothing"],
+        rate_clip: tuple[float, float] = GEN_SETTINGS["rate_clip"],
+        joint: bool = GEN_SETTINGS["joint"],
+        warmup: int = GEN_SETTINGS["warmup"],
+        search: int = GEN_SETTINGS["search"],
+        probe_direction: str = GEN_SETTINGS["probe_direction"],
         foreach: bool | None = None,
+        maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
     ) -> None:
-        if not (isinstance(lr, float | int) and lr > 0):
-            raise ValueError(f"lr must be a positive float (the starting point of each fitted rate), got {lr!r}")
-        if not 0.0 <= betas[0] < 1.0 or not 0.0 <= betas[1] < 1.0:
-            raise ValueError(f"betas must lie in [0, 1), got {betas}")
-        if eps < 0 or weight_decay < 0:
-            raise ValueError(f"eps and weight_decay must be >= 0, got {eps}, {weight_decay}")
-        if not (isinstance(probe_every, int) and probe_every >= 0):
-            raise ValueError(f"probe_every must be an int >= 0 (0 turns probing off), got {probe_every!r}")
-        scales = tuple(float(s) for s in probe_scales)
-        if len(set(scales)) < 3 or 0.0 in scales:
-            raise ValueError(f"probe_scales needs at least 3 distinct non-zero values to fit and judge a parabola, got {probe_scales}")
-        if not 0.0 <= r2_min <= 1.0 or not 0.0 <= smoothing < 1.0:
-            raise ValueError(f"r2_min must lie in [0, 1] and smoothing in [0, 1), got {r2_min}, {smoothing}")
-        if not (isinstance(warmup, int) and warmup >= 0):
-            raise ValueError(f"warmup must be an int >= 0 (steps that all probe, unsmoothed), got {warmup!r}")
-        if not (isinstance(search, int) and search >= 0):
-            raise ValueError(f"search must be an int >= 0 (re-probes of the first round's line search), got {search!r}")
-        if probe_direction not in ("previous", "current"):
-            raise ValueError(f"probe_direction must be 'previous' or 'current', got {probe_direction!r}")
-        if not 0.0 < rate_clip[0] <= 1.0 <= rate_clip[1]:
-            raise ValueError(f"rate_clip must be (lo, hi) with 0 < lo <= 1 <= hi, got {rate_clip}")
+        if closure is not None and not callable(closure):
+            raise TypeError(
+                f"the second argument of GeNAdamW is the probe closure, got {closure!r}: pass the "
+                "learning rate by keyword, `GeNAdamW(params, lr=...)`"
+            )
+        options = dict(amsgrad=amsgrad, maximize=maximize, foreach=foreach, capturable=capturable,
+                       differentiable=differentiable, fused=fused)
+        _check_adamw(lr, betas, eps, weight_decay, options)
         self.closure = closure
-        self.probe_every = probe_every
-        self.probe_scales = scales
-        self.r2_min = r2_min
-        self.smoothing = smoothing
-        self.rate_clip = rate_clip
-        self.joint = joint
-        self.probe_direction = probe_direction
-        self.warmup = warmup
-        self.search = search
         self._warned: set[str] = set()
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, foreach=foreach)
+        settings = dict(probe_every=probe_every, probe_scales=tuple(float(s) for s in probe_scales), r2_min=r2_min,
+                        smoothing=smoothing, rate_clip=tuple(rate_clip), joint=joint, warmup=warmup, search=search,
+                        probe_direction=probe_direction)
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, **options, **settings)
         super().__init__(params, defaults)
-        self.state.setdefault("step", 0)
-        self.state.setdefault("ppi", [])
+        self.state["gen"] = _fresh_log()
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """As ``torch.optim.Optimizer``; names the group and starts its fitted rate at ``lr``."""
+        """As ``torch.optim.Optimizer``; names the group, checks its settings and starts its
+        fitted rate at ``lr``."""
         name = param_group.setdefault("name", f"group{len(self.param_groups)}")
         if any(g["name"] == name for g in self.param_groups):
             raise ValueError(f"two param groups are named {name!r}; group names must be unique")
+        if "probe_scales" in param_group:
+            param_group["probe_scales"] = tuple(float(s) for s in param_group["probe_scales"])
         super().add_param_group(param_group)
         group = self.param_groups[-1]
+        try:
+            _check_gen(group)
+        except ValueError:
+            self.param_groups.pop()
+            raise
         group.setdefault("gen_lr", float(group["lr"]))
         group.setdefault("gen_base_lr", float(group["lr"]))
+        group.setdefault("gen_rounds", 0)
         self.state.setdefault("appi", {})[name] = 0.0
 
-    @staticmethod
-    def rate(group: dict[str, Any]) -> float:
-        """The rate this group steps with: the fitted rate times the scheduler's factor."""
-        return group["lr"] * (group["gen_lr"] / group["gen_base_lr"])
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Fill what older checkpoints and other optimizers' state dicts lack.
 
-    def _init_group(self, group: dict[str, Any]) -> tuple[list[torch.Tensor], ...]:
-        params, grads, exp_avgs, exp_avg_sqs, steps = [], [], [], [], []
+        Called by ``load_state_dict`` (this optimizer's groups still in place) and by
+        unpickling (none): a key a loaded group lacks takes this optimizer's group's value,
+        else the default; the fitted rate starts at the loaded ``lr``; 0.1.0's ``step``,
+        ``ppi`` and ``mask`` entries move into ``state["gen"]``.
+        """
+        own = self.__dict__.get("param_groups") or []
+        super().__setstate__(state)
+        self.__dict__.setdefault("closure", None)
+        self.__dict__.setdefault("_warned", set())
+        for key, value in (ADAMW_OPTIONS | GEN_SETTINGS).items():
+            self.defaults.setdefault(key, value)
+        if "gen" not in self.state:
+            self.state["gen"] = _log_from_0_1_0(self.state)
+        appi = self.state.setdefault("appi", {})
+        for i, group in enumerate(self.param_groups):
+            mine = own[i] if i < len(own) else {}
+            group.setdefault("name", mine.get("name", f"group{i}"))
+            if not group.pop("decoupled_weight_decay", True) and group["weight_decay"] != 0:
+                raise ValueError(
+                    f"param group {group['name']!r} comes from torch.optim.Adam with L2 weight decay "
+                    "(decoupled_weight_decay=False); GeNAdamW is AdamW: load it with weight_decay=0 or start afresh"
+                )
+            for key, value in self.defaults.items():
+                if key != "lr":
+                    group.setdefault(key, mine.get(key, value))
+            group.setdefault("gen_lr", float(group["lr"]))
+            group.setdefault("gen_base_lr", float(group["lr"]))
+            group.setdefault("gen_rounds", sum(group["name"] in r["groups"] for r in self.state["gen"]["history"]))
+            appi.setdefault(group["name"], 0.0)
+            for p in group["params"]:
+                p_state = self.state.get(p)
+                if p_state and not torch.is_tensor(p_state["step"]):
+                    p_state["step"] = self._new_step(group, p, float(p_state["step"]))
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> GeNAdamW:
+        """A copy that steps on its own copies of the parameters, with the same probe closure
+        (deep-copied too: a closure over a model copies the model with the same parameters)."""
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        new.__setstate__(copy.deepcopy(self.__getstate__(), memo))
+        new.closure = copy.deepcopy(self.closure, memo)
+        return new
+
+    @staticmethod
+    def _new_step(group: dict[str, Any], p: torch.Tensor, value: float = 0.0) -> torch.Tensor:
+        """A parameter's step counter, where torch's AdamW keeps it for these options."""
+        if group["capturable"] or group["fused"]:
+            return torch.tensor(value, dtype=_get_scalar_dtype(is_fused=group["fused"]), device=p.device)
+        return torch.tensor(value, dtype=_get_scalar_dtype())
+
+    @staticmethod
+    def rate(group: dict[str, Any]) -> float | torch.Tensor:
+        """The rate this group steps with: the fitted rate times the scheduler's factor
+        ``lr / gen_base_lr`` (its ``lr`` while no rate has been fitted from a positive one)."""
+        base = group["gen_base_lr"]
+        return group["gen_lr"] * (group["lr"] / base) if base > 0 else group["lr"]
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """Probe records, oldest first: every round while there were at most ``HISTORY_ROUNDS``,
+        then every 2nd, 4th, ... round, so that the whole run stays in a bounded record."""
+        return self.state["gen"]["history"]
+
+    @property
+    def last_round(self) -> dict[str, Any] | None:
+        """The latest probe round's record (read it after each step for a complete log)."""
+        return self.state["gen"]["last_round"]
+
+    def _init_group(self, group: dict[str, Any]) -> GroupWork:
+        work = GroupWork(group)
+        if group["gen_base_lr"] == 0 and float(group["lr"]) > 0:  # lr was 0 until now (a warm-up from 0)
+            group["gen_lr"] = group["gen_base_lr"] = float(group["lr"])
         for p in group["params"]:
             if p.grad is None:
                 continue
@@ -171,67 +353,85 @@ class GeNAdamW(torch.optim.Optimizer):
                 raise RuntimeError("GeNAdamW does not support sparse gradients")
             state = self.state[p]
             if not state:
-                state["step"] = torch.tensor(0.0)
+                state["step"] = self._new_step(group, p)
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            params.append(p)
-            grads.append(p.grad)
-            exp_avgs.append(state["exp_avg"])
-            exp_avg_sqs.append(state["exp_avg_sq"])
-            steps.append(state["step"])
-        return params, grads, exp_avgs, exp_avg_sqs, steps
+                if group["amsgrad"]:
+                    state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            work.has_complex |= torch.is_complex(p)
+            work.params.append(p)
+            work.grads.append(p.grad)
+            work.exp_avgs.append(state["exp_avg"])
+            work.exp_avg_sqs.append(state["exp_avg_sq"])
+            if group["amsgrad"]:
+                work.max_exp_avg_sqs.append(state["max_exp_avg_sq"])
+            work.steps.append(state["step"])
+        return work
 
-    def _direction(self, group: dict[str, Any], params, grads, exp_avgs, exp_avg_sqs, steps):
-        """``d(i, w_i)`` for the i-th tensor of this group: the previous update's direction
-        (``probe_direction="previous"``, where there is one) or this step's."""
-        beta1, beta2 = group["betas"]
-        args = (beta1, beta2, group["eps"], group["weight_decay"])
+    @_use_grad_for_differentiable
+    def step(self, closure: Closure | None = None) -> Any:
+        """One AdamW step, preceded by a probe round for the groups that are due.
 
-        def direction(i: int, w: torch.Tensor) -> torch.Tensor:
-            t = int(steps[i])
-            if self.probe_direction == "previous" and t > 0:
-                return adamw_direction(w, exp_avgs[i], exp_avg_sqs[i], t, *args)
-            return adamw_direction(w, exp_avgs[i], exp_avg_sqs[i], t + 1, *args, grad=grads[i])
-
-        return direction
-
-    @torch.no_grad()
-    def step(self, closure: Closure | None = None) -> float | None:
-        """One AdamW step, preceded by a probe round every ``probe_every`` steps.
-
-        Returns the probe batch's loss ``L0`` on probe steps, else ``None``.
+        ``closure`` is torch's kind (it computes the gradients and returns the loss, as for
+        LBFGS or Lightning); it is called once with gradients enabled and its loss returned.
+        Probes use the probe closure (``opt.closure``). Returns ``None`` without ``closure``.
         """
-        closure = closure if closure is not None else self.closure
-        work = [(group, *self._init_group(group)) for group in self.param_groups]
-        step = self.state["step"]
-        probing = self.probe_every > 0 and (step < self.warmup or step % self.probe_every == 0)
-        record = self._probe_round(closure, work) if probing else None
-        for group, params, grads, exp_avgs, exp_avg_sqs, steps in work:
-            if params:
-                beta1, beta2 = group["betas"]
-                adam(
-                    params, grads, exp_avgs, exp_avg_sqs, [], steps, foreach=group["foreach"],
-                    amsgrad=False, beta1=beta1, beta2=beta2, lr=self.rate(group),
-                    weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
-                    decoupled_weight_decay=True,
+        loss = None if closure is None else self._training_closure(closure)
+        log = self.state["gen"]
+        work = [self._init_group(group) for group in self.param_groups]
+        due = [w for w in work if w.params and w.group["gen_lr"] > 0 and self._due(w.group, log["step"])]
+        record = self._probe_round(due, work) if due else None
+        for w in work:
+            if w.params:
+                g = w.group
+                beta1, beta2 = g["betas"]
+                adamw(
+                    w.params, w.grads, w.exp_avgs, w.exp_avg_sqs, w.max_exp_avg_sqs, w.steps,
+                    foreach=g["foreach"], capturable=g["capturable"], differentiable=g["differentiable"],
+                    fused=g["fused"], has_complex=w.has_complex, amsgrad=g["amsgrad"], beta1=beta1, beta2=beta2,
+                    lr=self.rate(g), weight_decay=g["weight_decay"], eps=g["eps"], maximize=g["maximize"],
                 )
-        self.state["step"] += 1
-        if record is None:
-            return None
-        if self.joint:
-            self._joint_correction(closure, work, record)
-        self.state["ppi"].append(record)
-        return record["loss"]
+        log["step"] += 1
+        if record is not None:
+            joint = [w for w in due if w.group["joint"]]
+            if joint:
+                self._joint_correction(joint, work, record)
+            self._log(record)
+        return loss
 
-    def _loss(self, closure: Closure, work: list[tuple]) -> Any:
-        grads = [g for _, _, gs, *_ in work for g in gs]
+    @staticmethod
+    def _due(group: dict[str, Any], step: int) -> bool:
+        """Whether ``group`` is probed at ``step``: each warm-up step, then every ``probe_every``."""
+        every = group["probe_every"]
+        return every > 0 and (step < group["warmup"] or step % every == 0)
+
+    @torch.compiler.disable  # host-side logic: torch.compile(opt.step) runs it eagerly
+    def _training_closure(self, closure: Closure) -> Any:
+        """Call torch's kind of closure with gradients enabled; it must compute gradients."""
+        params = [p for g in self.param_groups for p in g["params"] if p.requires_grad]
+        computed: list[bool] = []
+        handles = [p.register_post_accumulate_grad_hook(lambda _: computed.append(True)) for p in params]
+        try:
+            with torch.enable_grad():
+                loss = closure()
+        finally:
+            for handle in handles:
+                handle.remove()
+        if params and not computed:
+            raise ClosureError(STEP_CLOSURE_FIX)
+        return loss
+
+    def _loss(self, closure: Closure, work: list[GroupWork]) -> Any:
+        grads = [g for w in work for g in w.grads]
         devices = rng_devices([p for group in self.param_groups for p in group["params"]])
         return lambda: evaluate(closure, grads, devices)
 
-    def _probe_round(self, closure: Closure | None, work: list[tuple]) -> dict[str, Any]:
-        """Probe every group with gradients, fit, and move the rates; returns the round's record."""
+    @torch.compiler.disable  # closure calls, fits and host syncs: torch.compile(opt.step) runs them eagerly
+    def _probe_round(self, due: list[GroupWork], work: list[GroupWork]) -> dict[str, Any]:
+        """Probe the due groups, fit, and move their rates; returns the round's record."""
+        closure = self.closure
         if closure is None:
-            raise RuntimeError(NO_CLOSURE_FIX.format(every=self.probe_every))
+            raise RuntimeError(NO_CLOSURE_FIX.format(every=due[0].group["probe_every"]))
         if _deepspeed_active():
             raise RuntimeError(
                 "GeNAdamW cannot probe under DeepSpeed: its optimizer wrapper hands the optimizer flat "
@@ -241,95 +441,117 @@ class GeNAdamW(torch.optim.Optimizer):
         if hasattr(closure, "start_round"):
             closure.start_round()
         loss = self._loss(closure, work)
-        probed = [w for w in work if w[1] and self.rate(w[0]) > 0]
-        if self.state["step"] == 0 and self.search:
-            self._search(loss, probed)
-        values = self._probe(loss, probed)
-        return self._fit_round(values, [w[0] for w in probed])
+        with torch.no_grad():
+            unsearched = [w for w in due if w.group["gen_rounds"] == 0 and w.group["search"] > 0]
+            if unsearched:
+                self._search(loss, unsearched)
+            return self._fit_round(self._probe(loss, due), due)
 
-    def _probe(self, loss: Any, probed: list[tuple]) -> list[float]:
+    def _probe(self, loss: Any, probed: list[GroupWork]) -> Round:
         """``L0``, then each group's losses at its probe scales, averaged over ranks in the
         round's one host sync."""
+        etas = [tuple(s * w.group["gen_lr"] for s in w.group["probe_scales"]) for w in probed]
         losses = [loss()]
-        for w in probed:
-            etas = [s * self.rate(w[0]) for s in self.probe_scales]
-            losses += probe_group(w[1], self._direction(*w), etas, loss)
-        return mean_over_ranks(torch.stack(losses)).tolist()
+        for w, group_etas in zip(probed, etas):
+            losses += probe_group(w.params, w.direction, group_etas, loss)
+        values = mean_over_ranks(torch.stack(losses)).tolist()
+        probes, start = [], 1
+        for group_etas in etas:
+            probes.append(Probes(group_etas, tuple(values[start : start + len(group_etas)])))
+            start += len(group_etas)
+        return Round(values[0], probes)
 
-    def _fit(self, group: dict[str, Any], values: list[float], k: int) -> Fit:
-        """The fit of the k-th probed group from a round's ``values``."""
-        loss0, n = values[0], len(self.probe_scales)
-        etas = np.array(self.probe_scales) * self.rate(group)
-        delta = np.array(values[1 + k * n : 1 + (k + 1) * n]) - loss0
-        return fit_quadratic(etas, delta, FLAT_RESOLUTION * abs(loss0))
+    @staticmethod
+    def _fit(group: dict[str, Any], probes: Probes, loss0: float) -> Fit:
+        return probes.fit(loss0, sign=-1.0 if group["maximize"] else 1.0)
 
-    def _search(self, loss: Any, probed: list[tuple]) -> None:
+    def _search(self, loss: Any, probed: list[GroupWork]) -> None:
         """The first round's backtracking: probe, lower each group's rate that one fit could
         not correct (``_search_move``), and probe those again, ``search`` times at most."""
-        for _ in range(self.search):
-            values = self._probe(loss, probed)
-            if not np.isfinite(values[0]):
-                return  # the closure itself is broken: nothing to learn about rates
-            probed = [w for k, w in enumerate(probed) if self._search_move(w[0], self._fit(w[0], values, k))]
+        for attempt in range(max(w.group["search"] for w in probed)):
+            probed = [w for w in probed if attempt < w.group["search"]]
             if not probed:
                 return
+            found = self._probe(loss, probed)
+            if not np.isfinite(found.loss0):
+                return  # the closure itself is broken: nothing to learn about rates
+            probed = [w for w, probes in zip(probed, found.probes)
+                      if self._search_move(w.group, self._fit(w.group, probes, found.loss0))]
 
-    def _search_move(self, group: dict[str, Any], fit: Fit) -> bool:
+    @staticmethod
+    def _search_move(group: dict[str, Any], fit: Fit) -> bool:
         """Lower a group's rate after one search fit; ``True`` when it must be probed again."""
-        rate = self.rate(group)
+        rate = group["gen_lr"]
         if fit.flat:
             return False
-        if not fit.r2 >= self.r2_min:  # NaN too: a probe overflowed
+        if not fit.r2 >= group["r2_min"]:  # NaN too: a probe overflowed
             target = rate / SEARCH_STEP
-        elif fit.A > 0 and fit.B > 0 and fit.rate < self.rate_clip[0] * rate:
+        elif fit.A > 0 and fit.B > 0 and fit.rate < group["rate_clip"][0] * rate:
             target = max(fit.rate, rate / SEARCH_STEP)
         else:
             return False
-        group["gen_lr"] = target * group["gen_base_lr"] / group["lr"]
+        group["gen_lr"] = target
         return True
 
-    def _fit_round(self, values: list[float], groups: list[dict[str, Any]]) -> dict[str, Any]:
-        record: dict[str, Any] = {"step": self.state["step"], "loss": values[0], "groups": {}}
-        for k, group in enumerate(groups):
-            fit = self._fit(group, values, k)
-            reason = fit.rejection(self.r2_min)
+    def _fit_round(self, found: Round, due: list[GroupWork]) -> dict[str, Any]:
+        step = self.state["gen"]["step"]
+        record: dict[str, Any] = {"step": step, "loss": found.loss0, "groups": {}}
+        for w, probes in zip(due, found.probes):
+            group = w.group
+            fit = self._fit(group, probes, found.loss0)
+            reason = fit.rejection(group["r2_min"])
             if reason == "nonfinite loss":
                 self._warn_once("nonfinite", "the probe closure returned NaN or inf; the affected fits are rejected")
             entry = {"A": fit.A, "B": fit.B, "r2": fit.r2, "ppi": 0.0, "accepted": reason is None, "reason": reason}
+            warming = step < group["warmup"]
             if reason is None:
-                entry["ppi"] = ppi(fit, sum(p.numel() for p in group["params"]))
+                entry["ppi"] = ppi(fit, sum(real_numel(p) for p in group["params"]))
                 self.state["appi"][group["name"]] += entry["ppi"]
-                self._move_rate(group, fit.rate)
-            elif not fit.flat and (self.state["step"] < self.warmup or (fit.A <= 0 and fit.r2 >= self.r2_min)):
-                self._move_rate(group, 0.0)  # no clean parabola yet, or a clean climb: step less
+                self._move_rate(group, fit.rate, warming)
+            elif not fit.flat and (warming or (fit.A <= 0 and fit.r2 >= group["r2_min"])):
+                self._move_rate(group, 0.0, warming)  # no clean parabola yet, or a clean climb: step less
                 entry["reason"] += ": rate shrunk"
-            entry["lr"] = self.rate(group)
+            group["gen_rounds"] += 1
+            entry["lr"] = float(self.rate(group))
             record["groups"][group["name"]] = entry
         return record
 
-    def _move_rate(self, group: dict[str, Any], target: float) -> None:
-        rate, (lo, hi) = self.rate(group), self.rate_clip
+    @staticmethod
+    def _move_rate(group: dict[str, Any], target: float, warming: bool) -> None:
+        rate, (lo, hi) = group["gen_lr"], group["rate_clip"]
         target = min(max(target, lo * rate), hi * rate)
-        schedule = group["lr"] / group["gen_base_lr"]
-        smoothing = self.smoothing if self.state["step"] >= self.warmup else 0.0
-        group["gen_lr"] = smoothing * group["gen_lr"] + (1 - smoothing) * target / schedule
+        smoothing = 0.0 if warming else group["smoothing"]
+        group["gen_lr"] = smoothing * rate + (1 - smoothing) * target
 
-    def _joint_correction(self, closure: Closure, work: list[tuple], record: dict[str, Any]) -> None:
+    @torch.compiler.disable
+    def _joint_correction(self, joint: list[GroupWork], work: list[GroupWork], record: dict[str, Any]) -> None:
         """Fit the loss along the combined step just taken; scale the rates back if it overshot."""
-        loss1 = mean_over_ranks(self._loss(closure, work)().reshape(1)).item()
-        groups = [g for g in self.param_groups if g["name"] in record["groups"]]
-        slope = -sum(self.rate(g) * record["groups"][g["name"]]["A"] for g in groups)
+        with torch.no_grad():
+            loss1 = mean_over_ranks(self._loss(self.closure, work)().reshape(1)).item()
+        groups = [w.group for w in joint]
+        slope = -sum(float(self.rate(g)) * record["groups"][g["name"]]["A"] for g in groups)
         curvature = 2.0 * (loss1 - record["loss"] - slope)
-        scale = -slope / curvature if slope < 0 and curvature > 0 else 1.0
-        scale = min(1.0, max(scale, self.rate_clip[0])) if np.isfinite(scale) else 1.0
+        optimum = -slope / curvature if slope < 0 and curvature > 0 else 1.0
+        optimum = min(1.0, optimum) if np.isfinite(optimum) else 1.0
         for g in groups:
-            g["gen_lr"] *= scale
-            record["groups"][g["name"]]["lr"] = self.rate(g)
-        record["joint"] = {"loss": loss1, "slope": slope, "curvature": curvature, "scale": scale}
+            g["gen_lr"] *= max(optimum, g["rate_clip"][0])
+            record["groups"][g["name"]]["lr"] = float(self.rate(g))
+        record["joint"] = {"loss": loss1, "slope": slope, "curvature": curvature, "scale": optimum}
+
+    @torch.compiler.disable
+    def _log(self, record: dict[str, Any]) -> None:
+        """Keep ``record`` as the last round, and in the bounded history when on its stride."""
+        log = self.state["gen"]
+        log["last_round"] = record
+        if log["rounds"] % log["stride"] == 0:
+            log["history"].append(record)
+            if len(log["history"]) > HISTORY_ROUNDS:
+                log["history"], log["stride"] = log["history"][::2], 2 * log["stride"]
+        log["rounds"] += 1
 
     def group_sizes(self) -> dict[str, int]:
-        """``|w_k|``: the number of parameters in each group."""
-        return {g["name"]: sum(p.numel() for p in g["params"]) for g in self.param_groups}
+        """``|w_k|``: the number of (real) parameters in each group."""
+        return {g["name"]: sum(real_numel(p) for p in g["params"]) for g in self.param_groups}
 
     def _grouping(self) -> str:
         kinds = {g.get("grouping", "custom") for g in self.param_groups}
@@ -347,7 +569,7 @@ class GeNAdamW(torch.optim.Optimizer):
         among ties (Pareto optimal); up to 40 groups. The mask is kept for ``freeze()``.
         """
         mask = propose(self.state["appi"], self.group_sizes(), eps, method, self._grouping())
-        self.state["mask"] = mask.to_dict()
+        self.state["gen"]["mask"] = mask.to_dict()
         return mask
 
     def freeze(self, mask: Mask | None = None) -> Mask:
@@ -358,9 +580,9 @@ class GeNAdamW(torch.optim.Optimizer):
         Freeze before wrapping the model for data parallel (DDP fixes its gradient set).
         """
         if mask is None:
-            if "mask" not in self.state:
+            if self.state["gen"]["mask"] is None:
                 raise RuntimeError("freeze() needs a mask: call opt.propose_mask(eps) first, or pass freeze(mask)")
-            mask = Mask.from_dict(self.state["mask"])
+            mask = Mask.from_dict(self.state["gen"]["mask"])
         unknown = sorted(set(mask.active) - {g["name"] for g in self.param_groups})
         if unknown:
             raise ValueError(f"the mask names groups this optimizer lacks: {unknown}")
@@ -371,10 +593,10 @@ class GeNAdamW(torch.optim.Optimizer):
                 if not active:
                     p.grad = None
                     self.state.pop(p, None)
-        self.state["mask"] = mask.to_dict()
+        self.state["gen"]["mask"] = mask.to_dict()
         return mask
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
-            warnings.warn(f"GeNAdamW: {message}", RuntimeWarning, stacklevel=3)
+            warnings.warn(f"GeNAdamW: {message}", RuntimeWarning, stacklevel=4)

@@ -1,11 +1,11 @@
 """Pictures of a GeNAdamW run: the PPI heatmap, APPI curves and the Pareto frontier.
 
-Each function draws from the plain records the optimizer keeps (``state["ppi"]``,
+Each function draws from the plain records the optimizer keeps (``opt.history``,
 ``state["appi"]``) or from a run directory's JSON files, so users can draw their own runs:
 
     python -m gen_optim.plots RUN_DIR     # redraws RUN_DIR/*.png from RUN_DIR/*.json
 
-A run directory holds ``ppi_history.json`` (``state["ppi"]``), ``frontier.json``
+A run directory holds ``ppi_history.json`` (``opt.history``), ``frontier.json``
 (``{"greedy": [...], "exact": [...]}`` of frontier points) and optionally ``metrics.json``
 with ``{"runs": [{"name", "fraction", "perplexity"}, ...]}``.
 """

@@ -10,12 +10,14 @@ with ``m_hat, v_hat`` the bias-corrected moments: either as they stand (the dire
 the previous update, which has never seen the current batch) or after this step's
 gradient (so that ``w - lr * d`` is exactly where this step's AdamW update moves ``w``).
 Every probe forward of a round runs from the same RNG state (identical dropout masks) and
-leaves the caller's RNG untouched.
+leaves the caller's RNG untouched, and the running statistics of BatchNorm-style modules the
+closure calls are restored after each evaluation.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
@@ -37,14 +39,55 @@ class ClosureError(RuntimeError):
 def adamw_direction(
     param: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, step: int,
     beta1: float, beta2: float, eps: float, weight_decay: float, grad: Tensor | None = None,
+    max_exp_avg_sq: Tensor | None = None, maximize: bool = False,
 ) -> Tensor:
     """``d`` for one tensor from moments that have seen ``step`` gradients; with ``grad``, the
-    moments first take it, as this step's AdamW update will (``step`` then counts it)."""
+    moments first take it, as this step's AdamW update will (``step`` then counts it).
+
+    ``max_exp_avg_sq`` (AMSGrad) replaces ``v`` by the running maximum; with ``maximize`` the
+    moments see ``-grad``, as in torch's kernel. A complex tensor is treated as the real
+    tensor ``torch.view_as_real`` of it, as torch's AdamW does.
+    """
+    if torch.is_complex(param):
+        views = [None if t is None else torch.view_as_real(t) for t in (exp_avg, exp_avg_sq, grad, max_exp_avg_sq)]
+        d = adamw_direction(torch.view_as_real(param), views[0], views[1], step, beta1, beta2, eps,
+                            weight_decay, views[2], views[3], maximize)
+        return torch.view_as_complex(d)
     if grad is not None:
+        grad = -grad if maximize else grad
         exp_avg = exp_avg.lerp(grad, 1 - beta1)
         exp_avg_sq = exp_avg_sq.mul(beta2).addcmul_(grad, grad, value=1 - beta2)
-    denom = exp_avg_sq.sqrt().div_(math.sqrt(1 - beta2**step)).add_(eps)
+        if max_exp_avg_sq is not None:
+            max_exp_avg_sq = torch.maximum(max_exp_avg_sq, exp_avg_sq)
+    second = exp_avg_sq if max_exp_avg_sq is None else max_exp_avg_sq
+    denom = second.sqrt().div_(math.sqrt(1 - beta2**step)).add_(eps)
     return exp_avg.div(denom).div_(1 - beta1**step).add_(param, alpha=weight_decay)
+
+
+def real_numel(param: Tensor) -> int:
+    """The number of real entries of ``param``: a complex entry counts twice, as its real view."""
+    return param.numel() * (2 if torch.is_complex(param) else 1)
+
+
+@contextmanager
+def leave_no_trace() -> Iterator[None]:
+    """Restore, on exit, the buffers of every module in train mode that tracks running
+    statistics (BatchNorm-style) and ran a forward inside the block, whoever called it."""
+    saved: dict[int, list[tuple[Tensor, Tensor]]] = {}
+
+    def save(module: torch.nn.Module, args: tuple) -> None:
+        if id(module) not in saved and module.training and getattr(module, "track_running_stats", False):
+            saved[id(module)] = [(b, b.clone()) for b in module.buffers(recurse=False)]
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(save)
+    try:
+        yield
+    finally:
+        handle.remove()
+        with torch.no_grad():
+            for pairs in saved.values():
+                for buffer, copy in pairs:
+                    buffer.copy_(copy)
 
 
 def rng_devices(params: Sequence[Tensor]) -> list[int]:
@@ -53,9 +96,10 @@ def rng_devices(params: Sequence[Tensor]) -> list[int]:
 
 
 def evaluate(closure: Closure, grads: Sequence[Tensor], devices: list[int]) -> Tensor:
-    """The closure's loss as a 0-d float64 tensor, on the RNG state the caller holds now."""
+    """The closure's loss as a 0-d float64 tensor, on the RNG state the caller holds now; the
+    running statistics of the modules it calls are left as they were (``leave_no_trace``)."""
     versions = [g._version for g in grads]
-    with torch.random.fork_rng(devices=devices):
+    with torch.random.fork_rng(devices=devices), leave_no_trace():
         try:
             loss = closure()
         except RuntimeError as err:

@@ -36,7 +36,7 @@ appi = accelerator.gather(torch.tensor([list(opt.state["appi"].values())])).toli
 if accelerator.is_main_process:
     with open(sys.argv[1], "w") as f:
         json.dump({"weights_equal": weights[0] == weights[1], "first_losses": losses, "appi": appi,
-                   "steps": opt.optimizer.state["step"], "rounds": len(opt.state["ppi"])}, f)
+                   "steps": opt.optimizer.state["gen"]["step"], "rounds": opt.state["gen"]["rounds"]}, f)
 accelerator.wait_for_everyone()
 accelerator.end_training()
 # Skip interpreter finalization: gloo's worker threads can abort it ("terminate called without

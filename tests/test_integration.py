@@ -47,7 +47,7 @@ def test_replay_closure_probes_the_previous_batch_of_an_hf_model():
         replayed.append(closure._batch[1]["input_ids"])
     # the first round has no previous batch and uses the current one; later rounds the previous
     assert [r is b for r, b in zip(replayed, [batches[0], batches[0], batches[1]])] == [True] * 3
-    assert len(opt.state["ppi"]) == 3 and all(r["groups"]["others"]["r2"] > 0.9 for r in opt.state["ppi"])
+    assert len(opt.history) == 3 and all(r["groups"]["others"]["r2"] > 0.9 for r in opt.history)
 
 
 def test_replay_closure_replays_the_current_batch_by_default():

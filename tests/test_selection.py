@@ -178,7 +178,7 @@ def test_freeze_for_real():
     assert all(torch.equal(a, b) for a, b in zip(before, frozen))
     assert all(not torch.equal(a, b) for a, b in zip(start, active))
     assert all(p.grad is None for p in frozen) and all(p not in opt.state for p in frozen)
-    assert set(opt.state["ppi"][-1]["groups"]) == set(mask.active)  # probing goes on, active only
+    assert set(opt.history[-1]["groups"]) == set(mask.active)  # probing goes on, active only
     with pytest.raises(ValueError, match="lacks"):
         opt.freeze(Mask(("lora_A",), 0.0, None, "manual"))
 
