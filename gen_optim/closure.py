@@ -15,12 +15,57 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-Inputs = tuple[tuple[Any, ...], dict[str, Any]]
+from .probe import AUTOCAST_DEVICES
+
+PRECISIONS = ("full", "training")
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """A recorded training forward: its arguments and the autocast (mixed precision) it ran under."""
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    autocast: tuple[tuple[str, torch.dtype], ...]
+
+    @classmethod
+    def record(cls, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Inputs:
+        enabled = tuple((d, torch.get_autocast_dtype(d)) for d in AUTOCAST_DEVICES if torch.is_autocast_enabled(d))
+        return cls(args, kwargs, enabled)
+
+    def replay(self, model: nn.Module, precision: str) -> Any:
+        """``model(*args, **kwargs)`` at full precision (``"full"``: autocast off, also past
+        Accelerate's mixed-precision wrapper of ``model.forward``) or at the precision the
+        recorded forward used (``"training"``)."""
+        with ExitStack() as stack:
+            if precision == "full":
+                stack.enter_context(_without_mixed_precision_wrapper(model))
+            for device, dtype in self.autocast:
+                stack.enter_context(torch.autocast(device, dtype=dtype, enabled=precision == "training"))
+            return model(*self.args, **self.kwargs)
+
+
+@contextmanager
+def _without_mixed_precision_wrapper(model: nn.Module) -> Iterator[None]:
+    """Call the model's own forward: Accelerate's ``prepare`` wraps ``model.forward`` in autocast
+    under ``--mixed_precision`` and keeps the original as ``model._original_forward``."""
+    original = model.__dict__.get("_original_forward")
+    if original is None or "forward" not in model.__dict__:
+        yield
+        return
+    wrapped = model.__dict__["forward"]
+    model.forward = original
+    try:
+        yield
+    finally:
+        model.forward = wrapped
 
 
 def output_loss(output: Any) -> torch.Tensor:
@@ -64,7 +109,8 @@ class ProbeClosure:
 
 
 def replay_closure(
-    model: nn.Module, loss_fn: Callable[..., torch.Tensor] | None = None, batch: str = "current"
+    model: nn.Module, loss_fn: Callable[..., torch.Tensor] | None = None, batch: str = "current",
+    precision: str = "full",
 ) -> ProbeClosure:
     """A closure that replays inputs the model saw in training, recorded by a forward pre-hook.
 
@@ -74,12 +120,18 @@ def replay_closure(
     first step there is none yet and the last one is used); with
     ``probe_direction="current"`` it is the less biased choice, but Adam's momentum still
     carries that batch's gradient (weight (1 - beta1) beta1). Only forwards in train mode
-    with gradients enabled are recorded, so evaluation and generation don't count.
-    The loss is ``output.loss`` (HF models) or ``loss_fn(output, *args, **kwargs)`` of the
+    with gradients enabled are recorded, so evaluation and generation don't count. A forward
+    recorded under mixed precision (``torch.autocast``, or Accelerate's ``--mixed_precision``,
+    which wraps ``model.forward`` in autocast) is replayed at full precision
+    (``precision="full"``, default: bfloat16 rounding drowns the probes of small groups,
+    benchmarks/precision.py) or under the same autocast (``precision="training"``; GeNAdamW
+    then judges flat fits at bfloat16's rounding). The loss is ``output.loss`` (HF models) or ``loss_fn(output, *args, **kwargs)`` of the
     recorded inputs.
     """
     if batch not in ("previous", "current"):
         raise ValueError(f"batch must be 'previous' or 'current', got {batch!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     seen: deque[Inputs] = deque(maxlen=2)
 
     def next_batch() -> Inputs:
@@ -91,15 +143,14 @@ def replay_closure(
         return seen[0] if batch == "previous" else seen[-1]
 
     def loss(inputs: Inputs) -> torch.Tensor:
-        args, kwargs = inputs
-        output = model(*args, **kwargs)
-        return output_loss(output) if loss_fn is None else loss_fn(output, *args, **kwargs)
+        output = inputs.replay(model, precision)
+        return output_loss(output) if loss_fn is None else loss_fn(output, *inputs.args, **inputs.kwargs)
 
     closure = ProbeClosure(model, next_batch, loss)
 
     def record(module: nn.Module, args: tuple, kwargs: dict) -> None:
         if module.training and torch.is_grad_enabled() and not closure.replaying:
-            seen.append((args, kwargs))
+            seen.append(Inputs.record(args, kwargs))
 
     closure.hook = model.register_forward_pre_hook(record, with_kwargs=True)
     return closure

@@ -45,7 +45,9 @@ from torch.optim.optimizer import _get_scalar_dtype, _use_grad_for_differentiabl
 
 from .fit import Fit, Probes, ppi
 from .mask import FrontierPoint, Mask, frontier, propose
-from .probe import Closure, ClosureError, adamw_direction, evaluate, mean_over_ranks, probe_group, real_numel, rng_devices
+from .probe import (
+    Closure, ClosureError, Trace, adamw_direction, evaluate, mean_over_ranks, probe_group, real_numel, rng_devices,
+)
 
 SEARCH_STEP = 4.0  # the most one line-search probe moves a rate
 HISTORY_ROUNDS = 256  # probe records kept in the state; older ones are thinned to every other one
@@ -175,10 +177,12 @@ class GroupWork:
 
 @dataclass(frozen=True)
 class Round:
-    """A probe round's losses: ``L0``, then each probed group's probes."""
+    """A probe round's losses: ``L0``, then each probed group's probes, and the machine epsilon
+    of the coarsest precision the probe forwards computed at."""
 
     loss0: float
     probes: list[Probes]
+    eps: float
 
 
 class GeNAdamW(torch.optim.Optimizer):
@@ -424,7 +428,7 @@ class GeNAdamW(torch.optim.Optimizer):
     def _loss(self, closure: Closure, work: list[GroupWork]) -> Any:
         grads = [g for w in work for g in w.grads]
         devices = rng_devices([p for group in self.param_groups for p in group["params"]])
-        return lambda: evaluate(closure, grads, devices)
+        return lambda trace=None: evaluate(closure, grads, devices, Trace() if trace is None else trace)
 
     @torch.compiler.disable  # closure calls, fits and host syncs: torch.compile(opt.step) runs them eagerly
     def _probe_round(self, due: list[GroupWork], work: list[GroupWork]) -> dict[str, Any]:
@@ -451,19 +455,20 @@ class GeNAdamW(torch.optim.Optimizer):
         """``L0``, then each group's losses at its probe scales, averaged over ranks in the
         round's one host sync."""
         etas = [tuple(s * w.group["gen_lr"] for s in w.group["probe_scales"]) for w in probed]
-        losses = [loss()]
+        trace = Trace()
+        losses = [loss(trace)]
         for w, group_etas in zip(probed, etas):
-            losses += probe_group(w.params, w.direction, group_etas, loss)
+            losses += probe_group(w.params, w.direction, group_etas, lambda: loss(trace))
         values = mean_over_ranks(torch.stack(losses)).tolist()
         probes, start = [], 1
         for group_etas in etas:
             probes.append(Probes(group_etas, tuple(values[start : start + len(group_etas)])))
             start += len(group_etas)
-        return Round(values[0], probes)
+        return Round(values[0], probes, trace.eps)
 
     @staticmethod
-    def _fit(group: dict[str, Any], probes: Probes, loss0: float) -> Fit:
-        return probes.fit(loss0, sign=-1.0 if group["maximize"] else 1.0)
+    def _fit(group: dict[str, Any], probes: Probes, found: Round) -> Fit:
+        return probes.fit(found.loss0, found.eps, sign=-1.0 if group["maximize"] else 1.0)
 
     def _search(self, loss: Any, probed: list[GroupWork]) -> None:
         """The first round's backtracking: probe, lower each group's rate that one fit could
@@ -476,7 +481,7 @@ class GeNAdamW(torch.optim.Optimizer):
             if not np.isfinite(found.loss0):
                 return  # the closure itself is broken: nothing to learn about rates
             probed = [w for w, probes in zip(probed, found.probes)
-                      if self._search_move(w.group, self._fit(w.group, probes, found.loss0))]
+                      if self._search_move(w.group, self._fit(w.group, probes, found))]
 
     @staticmethod
     def _search_move(group: dict[str, Any], fit: Fit) -> bool:
@@ -498,7 +503,7 @@ class GeNAdamW(torch.optim.Optimizer):
         record: dict[str, Any] = {"step": step, "loss": found.loss0, "groups": {}}
         for w, probes in zip(due, found.probes):
             group = w.group
-            fit = self._fit(group, probes, found.loss0)
+            fit = self._fit(group, probes, found)
             reason = fit.rejection(group["r2_min"])
             if reason == "nonfinite loss":
                 self._warn_once("nonfinite", "the probe closure returned NaN or inf; the affected fits are rejected")

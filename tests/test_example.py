@@ -15,15 +15,15 @@ SMALL = ["--steps", "12", "--select_fraction", "0.5", "--batch_size", "4", "--te
          "--probe_every", "2", "--eps", "0.2"]
 
 
-def launch(args, out, processes=1):
+def launch(args, out, processes=1, mixed_precision="no"):
     env = dict(os.environ, HF_HUB_OFFLINE="1", ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1",
-               TOKENIZERS_PARALLELISM="false")
+               TOKENIZERS_PARALLELISM="false", ACCELERATE_MIXED_PRECISION=mixed_precision)
     script = [str(ROOT / "examples" / "gpt2_e2e.py"), *SMALL, *args, "--output_dir", str(out)]
     if processes == 1:
         cmd = [sys.executable, *script]
     else:
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *script]
+               "--num_machines", "1", "--mixed_precision", mixed_precision, "--dynamo_backend", "no", *script]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return proc.stdout
@@ -51,6 +51,13 @@ def test_example_end_to_end(tmp_path, processes):
     stdout = launch(["--peft", "bitfit", "linear_probe"], tmp_path, processes)
     assert "RANDOMLY INITIALISED" in stdout and "linear_probe: skipped" in stdout
     check_run_dir(tmp_path, processes)
+
+
+def test_example_under_bf16_mixed_precision(tmp_path):
+    """The closure-in-constructor path (replay_closure) under Accelerate's bf16 autocast."""
+    stdout = launch(["--peft", "bitfit"], tmp_path, mixed_precision="bf16")
+    assert "mixed precision bf16" in stdout
+    check_run_dir(tmp_path, 1)
 
 
 def test_plots_redraw_from_the_run_dir(tmp_path):

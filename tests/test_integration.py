@@ -44,7 +44,7 @@ def test_replay_closure_probes_the_previous_batch_of_an_hf_model():
             model(input_ids=ids)  # an evaluation forward is not recorded
             model.train()
         opt.step()
-        replayed.append(closure._batch[1]["input_ids"])
+        replayed.append(closure._batch.kwargs["input_ids"])
     # the first round has no previous batch and uses the current one; later rounds the previous
     assert [r is b for r, b in zip(replayed, [batches[0], batches[0], batches[1]])] == [True] * 3
     assert len(opt.history) == 3 and all(r["groups"]["others"]["r2"] > 0.9 for r in opt.history)
@@ -59,7 +59,7 @@ def test_replay_closure_replays_the_current_batch_by_default():
         opt.zero_grad()
         model(input_ids=ids, labels=ids).loss.backward()
         opt.step()
-        assert closure._batch[1]["input_ids"] is ids
+        assert closure._batch.kwargs["input_ids"] is ids
     with pytest.raises(ValueError, match="batch must be"):
         replay_closure(model, batch="next")
 

@@ -1,0 +1,102 @@
+"""At which precision should probes run under mixed-precision training?
+
+The stability benchmark's setting (2-layer GPT-2 width 128 + LoRA, E2E rows, batch 16,
+probe_every 4, GeNAdamW from 1e-3), trained under ``torch.autocast("cpu", torch.bfloat16)``
+(float32 weights, bfloat16 matmuls: what Accelerate's ``--mixed_precision bf16`` does), with:
+- float32 training, for reference;
+- bf16 training, probes at full precision (``replay_closure(model)``, the default);
+- bf16 training, probes in bf16 (``replay_closure(model, precision="training")``), flat fits
+  judged at bfloat16's rounding (the rule shipped);
+- the same with flat fits judged at float32's rounding (the rule before it);
+- AdamW 1e-3 under bf16.
+Prints the held-out loss (float32) at the end and each group's final fitted rate.
+
+    python benchmarks/precision.py [--steps 200] [--seeds 0 1]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import random
+import statistics
+import sys
+import time
+
+import torch
+from stability import collate, held_out_loss, load
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from gen_optim import GeNAdamW, equip_lora, group_parameters, replay_closure
+from gen_optim import probe as probe_module
+
+ARMS = {
+    "float32": dict(autocast=False, probes="full"),
+    "bf16, full-precision probes": dict(autocast=True, probes="full"),
+    "bf16, bf16 probes": dict(autocast=True, probes="training"),
+    "bf16, bf16 probes, float32 flat rule (before)": dict(autocast=True, probes="training", float32_rule=True),
+    "adamw 1e-3, bf16": dict(autocast=True, adamw=True),
+}
+
+
+@contextlib.contextmanager
+def float32_flat_rule():
+    """Judge flat fits at float32's rounding whatever the probes computed at (the rule before)."""
+    see = probe_module.Trace.see
+
+    def float32_only(trace, module, args):
+        eps = trace.eps
+        see(trace, module, args)
+        trace.eps = eps
+
+    probe_module.Trace.see = float32_only
+    try:
+        yield
+    finally:
+        probe_module.Trace.see = see
+
+
+def run(arm: dict, seed: int, data, steps: int, batch: int = 16):
+    train, held_out, tokenizer = data
+    torch.manual_seed(seed)
+    config = GPT2Config(n_layer=2, n_embd=128, n_head=4, vocab_size=len(tokenizer), n_positions=128,
+                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    model = equip_lora(GPT2LMHeadModel(config), r=8, target_modules=["c_attn"], fan_in_fan_out=True)
+    if arm.get("adamw"):
+        opt = torch.optim.AdamW(group_parameters(model), lr=1e-3)
+    else:
+        opt = GeNAdamW(group_parameters(model), replay_closure(model, precision=arm["probes"]), lr=1e-3, probe_every=4)
+    order = random.Random(seed)
+    rule = float32_flat_rule() if arm.get("float32_rule") else contextlib.nullcontext()
+    with rule:
+        for _ in range(steps):
+            b = collate(order.sample(train, batch), tokenizer.pad_token_id)
+            opt.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=arm["autocast"]):
+                loss = model(**b).loss
+            loss.backward()
+            opt.step()
+    rates = {} if arm.get("adamw") else {g["name"]: g["gen_lr"] for g in opt.param_groups}
+    return held_out_loss(model, held_out, tokenizer.pad_token_id), rates
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    args = parser.parse_args()
+    data = load()
+    started = time.time()
+    print(f"held-out loss after {args.steps} steps, mean over seeds {args.seeds}; final fitted rates of seed "
+          f"{args.seeds[0]}; torch {torch.__version__}")
+    print("| arm | held-out loss | lora_A | lora_B | norm | bias | embed | others |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, arm in ARMS.items():
+        results = [run(arm, seed, data, args.steps) for seed in args.seeds]
+        rates = results[0][1]
+        cells = [f"{rates[g]:.1e}" if g in rates else "" for g in ("lora_A", "lora_B", "norm", "bias", "embed", "others")]
+        print(f"| {name} | {statistics.mean(r[0] for r in results):.3f} | " + " | ".join(cells) + " |", flush=True)
+        print(f"  ran {name} ({time.time() - started:.0f} s)", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    main()
