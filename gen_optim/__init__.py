@@ -1,6 +1,6 @@
 """gen_optim: GeN-fitted per-group learning rates and AdaPEFT subset selection for PyTorch."""
 from .closure import ProbeClosure, iterator_closure, replay_closure
-from .fit import Fit, fit_quadratic, ppi
+from .fit import Fit, Probes, fit_quadratic, ppi
 from .gen_adamw import GeNAdamW
 from .grouping import CATEGORIES, categorize, group_parameters
 from .lora import equip_lora
@@ -9,6 +9,6 @@ from .probe import ClosureError
 
 __version__ = "0.1.0"
 __all__ = [
-    "CATEGORIES", "ClosureError", "Fit", "FrontierPoint", "GeNAdamW", "Mask", "ProbeClosure", "categorize",
+    "CATEGORIES", "ClosureError", "Fit", "FrontierPoint", "GeNAdamW", "Mask", "ProbeClosure", "Probes", "categorize",
     "equip_lora", "fit_quadratic", "group_parameters", "iterator_closure", "ppi", "replay_closure",
 ]
