@@ -36,20 +36,6 @@ class Fit:
         """The step that minimises the fitted parabola, ``A / B``."""
         return self.A / self.B
 
-    def rejection(self, r2_min: float) -> str | None:
-        """Why this fit may not set a rate, or ``None`` when it may."""
-        if not np.isfinite([self.A, self.B, self.r2]).all():
-            return "nonfinite loss"
-        if self.flat:
-            return "flat (the probes did not change the loss)"
-        if self.A <= 0:
-            return "not a descent direction (A <= 0)"
-        if self.B <= 0:
-            return "not convex along d (B <= 0)"
-        if self.r2 < r2_min:
-            return f"poor fit (R^2 {self.r2:.4f} < {r2_min})"
-        return None
-
 
 def fit_quadratic(etas: np.ndarray, delta_losses: np.ndarray, resolution: float = 0.0) -> Fit:
     """Least-squares ``A, B`` of ``delta_losses ~ -etas A + etas^2 / 2 B`` and its ``R^2``;

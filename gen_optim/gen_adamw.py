@@ -48,8 +48,8 @@ from .mask import FrontierPoint, Mask, frontier, propose
 from .probe import (
     Closure, ClosureError, Trace, adamw_direction, evaluate, mean_over_ranks, probe_group, real_numel, rng_devices,
 )
+from .rule import RateRule, Verdict
 
-SEARCH_STEP = 4.0  # the most one line-search probe moves a rate
 HISTORY_ROUNDS = 256  # probe records kept in the state; older ones are thinned to every other one
 
 # AdamW's options, as torch.optim.AdamW names and defaults them.
@@ -383,7 +383,7 @@ class GeNAdamW(torch.optim.Optimizer):
         loss = None if closure is None else self._training_closure(closure)
         log = self.state["gen"]
         work = [self._init_group(group) for group in self.param_groups]
-        due = [w for w in work if w.params and w.group["gen_lr"] > 0 and self._due(w.group, log["step"])]
+        due = [w for w in work if w.params and w.group["gen_lr"] > 0 and RateRule.of(w.group).due(log["step"])]
         record = self._probe_round(due, work) if due else None
         for w in work:
             if w.params:
@@ -402,12 +402,6 @@ class GeNAdamW(torch.optim.Optimizer):
                 self._joint_correction(joint, work, record)
             self._log(record)
         return loss
-
-    @staticmethod
-    def _due(group: dict[str, Any], step: int) -> bool:
-        """Whether ``group`` is probed at ``step``: each warm-up step, then every ``probe_every``."""
-        every = group["probe_every"]
-        return every > 0 and (step < group["warmup"] or step % every == 0)
 
     @torch.compiler.disable  # host-side logic: torch.compile(opt.step) runs it eagerly
     def _training_closure(self, closure: Closure) -> Any:
@@ -480,23 +474,13 @@ class GeNAdamW(torch.optim.Optimizer):
             found = self._probe(loss, probed)
             if not np.isfinite(found.loss0):
                 return  # the closure itself is broken: nothing to learn about rates
-            probed = [w for w, probes in zip(probed, found.probes)
-                      if self._search_move(w.group, self._fit(w.group, probes, found))]
-
-    @staticmethod
-    def _search_move(group: dict[str, Any], fit: Fit) -> bool:
-        """Lower a group's rate after one search fit; ``True`` when it must be probed again."""
-        rate = group["gen_lr"]
-        if fit.flat:
-            return False
-        if not fit.r2 >= group["r2_min"]:  # NaN too: a probe overflowed
-            target = rate / SEARCH_STEP
-        elif fit.A > 0 and fit.B > 0 and fit.rate < group["rate_clip"][0] * rate:
-            target = max(fit.rate, rate / SEARCH_STEP)
-        else:
-            return False
-        group["gen_lr"] = target
-        return True
+            lowered = []
+            for w, probes in zip(probed, found.probes):
+                rate = RateRule.of(w.group).search_move(self._fit(w.group, probes, found), w.group["gen_lr"])
+                if rate is not None:
+                    w.group["gen_lr"] = rate
+                    lowered.append(w)
+            probed = lowered
 
     def _fit_round(self, found: Round, due: list[GroupWork]) -> dict[str, Any]:
         step = self.state["gen"]["step"]
@@ -504,29 +488,19 @@ class GeNAdamW(torch.optim.Optimizer):
         for w, probes in zip(due, found.probes):
             group = w.group
             fit = self._fit(group, probes, found)
-            reason = fit.rejection(group["r2_min"])
-            if reason == "nonfinite loss":
+            decision = RateRule.of(group).decide(fit, group["gen_lr"], step)
+            if decision.verdict is Verdict.NONFINITE:
                 self._warn_once("nonfinite", "the probe closure returned NaN or inf; the affected fits are rejected")
-            entry = {"A": fit.A, "B": fit.B, "r2": fit.r2, "ppi": 0.0, "accepted": reason is None, "reason": reason}
-            warming = step < group["warmup"]
-            if reason is None:
+            entry = {"A": fit.A, "B": fit.B, "r2": fit.r2, "ppi": 0.0, "accepted": decision.accepted,
+                     "reason": decision.reason}
+            if decision.accepted:
                 entry["ppi"] = ppi(fit, sum(real_numel(p) for p in group["params"]))
                 self.state["appi"][group["name"]] += entry["ppi"]
-                self._move_rate(group, fit.rate, warming)
-            elif not fit.flat and (warming or (fit.A <= 0 and fit.r2 >= group["r2_min"])):
-                self._move_rate(group, 0.0, warming)  # no clean parabola yet, or a clean climb: step less
-                entry["reason"] += ": rate shrunk"
+            group["gen_lr"] = decision.rate
             group["gen_rounds"] += 1
             entry["lr"] = float(self.rate(group))
             record["groups"][group["name"]] = entry
         return record
-
-    @staticmethod
-    def _move_rate(group: dict[str, Any], target: float, warming: bool) -> None:
-        rate, (lo, hi) = group["gen_lr"], group["rate_clip"]
-        target = min(max(target, lo * rate), hi * rate)
-        smoothing = 0.0 if warming else group["smoothing"]
-        group["gen_lr"] = smoothing * rate + (1 - smoothing) * target
 
     @torch.compiler.disable
     def _joint_correction(self, joint: list[GroupWork], work: list[GroupWork], record: dict[str, Any]) -> None:
@@ -539,7 +513,7 @@ class GeNAdamW(torch.optim.Optimizer):
         optimum = -slope / curvature if slope < 0 and curvature > 0 else 1.0
         optimum = min(1.0, optimum) if np.isfinite(optimum) else 1.0
         for g in groups:
-            g["gen_lr"] *= max(optimum, g["rate_clip"][0])
+            g["gen_lr"] *= max(optimum, RateRule.of(g).joint_floor)
             record["groups"][g["name"]]["lr"] = float(self.rate(g))
         record["joint"] = {"loss": loss1, "slope": slope, "curvature": curvature, "scale": optimum}
 

@@ -58,29 +58,56 @@ def test_probe_every_zero_is_adamw_step_for_step(dtype):
     assert not torch.equal(model.fc.weight, Net().to(dtype).fc.weight)
 
 
-@pytest.mark.parametrize("probe_direction,lr", [("previous", 1e-2), ("current", 1e-2), ("previous", 1.0)])
-def test_matches_reference_step_for_step(probe_direction, lr):
-    """Also from lr=1.0, so high that the first round's search lowers rates further than one fit can."""
+BASE = dict(lr=1e-2, probe_every=3, r2_min=0.9, smoothing=0.5, weight_decay=0.05)
+EQUIVALENCE = {
+    "previous direction": {},
+    "current direction": dict(probe_direction="current"),
+    "from lr 1.0, where the search lowers rates further than one fit can": dict(lr=1.0),
+    "joint": dict(joint=True),
+    "tight rate_clip": dict(rate_clip=(0.8, 1.25)),
+    "wide rate_clip, no smoothing": dict(rate_clip=(0.25, 4.0), smoothing=0.0),
+    "no warm-up, no search": dict(warmup=0, search=0),
+    "long warm-up, short search": dict(warmup=6, search=1, lr=1.0),
+    "per-group settings": dict(groups={"others": dict(probe_every=2, r2_min=0.5), "head": dict(probe_every=0),
+                                       "norm": dict(probe_scales=(-1.0, 1.0, 2.0), warmup=0, joint=True)}),
+    "scheduler": dict(scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.8**t)),
+}
+
+
+@pytest.mark.parametrize("name", EQUIVALENCE)
+def test_matches_reference_step_for_step(name):
     torch.manual_seed(0)
     model = Net().double()
     twin = copy.deepcopy(model)
-    kw = dict(lr=lr, probe_every=3, r2_min=0.9, smoothing=0.5, weight_decay=0.05, probe_direction=probe_direction)
-    ours = GeNAdamW(group_parameters(model), mse_closure(model), **kw)
-    ref = GeNAdamWReference(group_parameters(twin), mse_closure(twin), **kw)
+    kw = BASE | EQUIVALENCE[name]
+    per_group, scheduler = kw.pop("groups", {}), kw.pop("scheduler", None)
+
+    def groups(m):
+        return [g | per_group.get(g["name"], {}) for g in group_parameters(m)]
+
+    ours = GeNAdamW(groups(model), mse_closure(model), **kw)
+    ref = GeNAdamWReference(groups(twin), mse_closure(twin), **kw)
+    schedulers = [scheduler(o) for o in (ours, ref)] if scheduler else []
     tokens, target = make_data()
     for _ in range(12):
         for m, opt in ((model, ours), (twin, ref)):
             opt.zero_grad()
             F.mse_loss(m(tokens.clone()), target.double()).backward()
             opt.step()
-        if lr == 1.0 and len(ours.history) == 1:
-            assert any(g["gen_lr"] < lr / 2 for g in ours.param_groups)  # below what one fit can do
+        for sched in schedulers:
+            sched.step()
+        if kw["lr"] == 1.0 and len(ours.history) == 1:
+            assert any(g["gen_lr"] < kw["lr"] / 2 for g in ours.param_groups)  # below what one fit can do
         for a, b in zip(model.parameters(), twin.parameters()):
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
         assert [g["gen_lr"] for g in ours.param_groups] == pytest.approx([g["gen_lr"] for g in ref.param_groups], rel=1e-9)
     assert ours.state["appi"] == pytest.approx(ref.appi, rel=1e-7)
     assert any(r["groups"][n]["accepted"] for r in ours.history for n in r["groups"])
-    assert [g["gen_lr"] for g in ours.param_groups] != [lr] * len(ours.param_groups)
+    assert [g["gen_lr"] for g in ours.param_groups] != [kw["lr"]] * len(ours.param_groups)
+    if kw.get("joint") or "norm" in per_group:
+        assert any("joint" in r for r in ours.history)
+    if per_group:
+        assert not any("head" in r["groups"] for r in ours.history)
 
 
 def test_quadratic_fit_is_exact():
