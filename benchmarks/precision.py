@@ -5,9 +5,7 @@ probe_every 4, GeNAdamW from 1e-3), trained under ``torch.autocast("cpu", torch.
 (float32 weights, bfloat16 matmuls: what Accelerate's ``--mixed_precision bf16`` does), with:
 - float32 training, for reference;
 - bf16 training, probes at full precision (``replay_closure(model)``, the default);
-- bf16 training, probes in bf16 (``replay_closure(model, precision="training")``), flat fits
-  judged at bfloat16's rounding (the rule shipped);
-- the same with flat fits judged at float32's rounding (the rule before it);
+- bf16 training, probes in bf16 (``replay_closure(model, precision="training")``);
 - AdamW 1e-3 under bf16.
 Prints the held-out loss (float32) at the end and each group's final fitted rate.
 
@@ -16,7 +14,6 @@ Prints the held-out loss (float32) at the end and each group's final fitted rate
 from __future__ import annotations
 
 import argparse
-import contextlib
 import random
 import statistics
 import sys
@@ -27,32 +24,13 @@ from stability import collate, held_out_loss, load
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from gen_optim import GeNAdamW, equip_lora, group_parameters, replay_closure
-from gen_optim import probe as probe_module
 
 ARMS = {
     "float32": dict(autocast=False, probes="full"),
     "bf16, full-precision probes": dict(autocast=True, probes="full"),
     "bf16, bf16 probes": dict(autocast=True, probes="training"),
-    "bf16, bf16 probes, float32 flat rule (before)": dict(autocast=True, probes="training", float32_rule=True),
     "adamw 1e-3, bf16": dict(autocast=True, adamw=True),
 }
-
-
-@contextlib.contextmanager
-def float32_flat_rule():
-    """Judge flat fits at float32's rounding whatever the probes computed at (the rule before)."""
-    see = probe_module.Trace.see
-
-    def float32_only(trace, module, args):
-        eps = trace.eps
-        see(trace, module, args)
-        trace.eps = eps
-
-    probe_module.Trace.see = float32_only
-    try:
-        yield
-    finally:
-        probe_module.Trace.see = see
 
 
 def run(arm: dict, seed: int, data, steps: int, batch: int = 16):
@@ -66,15 +44,13 @@ def run(arm: dict, seed: int, data, steps: int, batch: int = 16):
     else:
         opt = GeNAdamW(group_parameters(model), replay_closure(model, precision=arm["probes"]), lr=1e-3, probe_every=4)
     order = random.Random(seed)
-    rule = float32_flat_rule() if arm.get("float32_rule") else contextlib.nullcontext()
-    with rule:
-        for _ in range(steps):
-            b = collate(order.sample(train, batch), tokenizer.pad_token_id)
-            opt.zero_grad()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=arm["autocast"]):
-                loss = model(**b).loss
-            loss.backward()
-            opt.step()
+    for _ in range(steps):
+        b = collate(order.sample(train, batch), tokenizer.pad_token_id)
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=arm["autocast"]):
+            loss = model(**b).loss
+        loss.backward()
+        opt.step()
     rates = {} if arm.get("adamw") else {g["name"]: g["gen_lr"] for g in opt.param_groups}
     return held_out_loss(model, held_out, tokenizer.pad_token_id), rates
 

@@ -17,8 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-FLAT_ULPS = 4  # a loss change within FLAT_ULPS * eps * |L0| is rounding, eps of the precision it was computed at
-FLOAT32_EPS = float(np.finfo(np.float32).eps)
+FLAT_RESOLUTION = 4 * float(np.finfo(np.float32).eps)  # times |L0|: float32 rounding of a mean loss
 
 
 @dataclass(frozen=True)
@@ -66,9 +65,8 @@ class Probes:
     etas: tuple[float, ...]
     losses: tuple[float, ...]
 
-    def fit(self, loss0: float, eps: float = FLOAT32_EPS, sign: float = 1.0) -> Fit:
+    def fit(self, loss0: float, sign: float = 1.0) -> Fit:
         """The fit of ``sign * (L(eta) - L0)``: ``sign = -1`` when the group maximizes its objective.
-        Flat when no probe moved the loss beyond the rounding of ``L0`` at machine epsilon ``eps``
-        (float32's, or the coarser precision the probes computed at: bfloat16 under autocast)."""
+        Flat when no probe moved the loss beyond float32 rounding of ``L0``."""
         delta = sign * (np.asarray(self.losses, dtype=np.float64) - loss0)
-        return fit_quadratic(np.asarray(self.etas), delta, FLAT_ULPS * eps * abs(loss0))
+        return fit_quadratic(np.asarray(self.etas), delta, FLAT_RESOLUTION * abs(loss0))

@@ -46,7 +46,7 @@ from torch.optim.optimizer import _get_scalar_dtype, _use_grad_for_differentiabl
 from .fit import Fit, Probes, ppi
 from .mask import FrontierPoint, Mask, frontier, propose
 from .probe import (
-    Closure, ClosureError, Trace, adamw_direction, evaluate, mean_over_ranks, probe_group, real_numel, rng_devices,
+    Closure, ClosureError, adamw_direction, evaluate, mean_over_ranks, probe_group, real_numel, rng_devices,
 )
 from .rule import RateRule, Verdict
 
@@ -177,12 +177,10 @@ class GroupWork:
 
 @dataclass(frozen=True)
 class Round:
-    """A probe round's losses: ``L0``, then each probed group's probes, and the machine epsilon
-    of the coarsest precision the probe forwards computed at."""
+    """A probe round's losses: ``L0``, then each probed group's probes."""
 
     loss0: float
     probes: list[Probes]
-    eps: float
 
 
 class GeNAdamW(torch.optim.Optimizer):
@@ -422,7 +420,7 @@ class GeNAdamW(torch.optim.Optimizer):
     def _loss(self, closure: Closure, work: list[GroupWork]) -> Any:
         grads = [g for w in work for g in w.grads]
         devices = rng_devices([p for group in self.param_groups for p in group["params"]])
-        return lambda trace=None: evaluate(closure, grads, devices, Trace() if trace is None else trace)
+        return lambda: evaluate(closure, grads, devices)
 
     @torch.compiler.disable  # closure calls, fits and host syncs: torch.compile(opt.step) runs them eagerly
     def _probe_round(self, due: list[GroupWork], work: list[GroupWork]) -> dict[str, Any]:
@@ -449,20 +447,19 @@ class GeNAdamW(torch.optim.Optimizer):
         """``L0``, then each group's losses at its probe scales, averaged over ranks in the
         round's one host sync."""
         etas = [tuple(s * w.group["gen_lr"] for s in w.group["probe_scales"]) for w in probed]
-        trace = Trace()
-        losses = [loss(trace)]
+        losses = [loss()]
         for w, group_etas in zip(probed, etas):
-            losses += probe_group(w.params, w.direction, group_etas, lambda: loss(trace))
+            losses += probe_group(w.params, w.direction, group_etas, loss)
         values = mean_over_ranks(torch.stack(losses)).tolist()
         probes, start = [], 1
         for group_etas in etas:
             probes.append(Probes(group_etas, tuple(values[start : start + len(group_etas)])))
             start += len(group_etas)
-        return Round(values[0], probes, trace.eps)
+        return Round(values[0], probes)
 
     @staticmethod
     def _fit(group: dict[str, Any], probes: Probes, found: Round) -> Fit:
-        return probes.fit(found.loss0, found.eps, sign=-1.0 if group["maximize"] else 1.0)
+        return probes.fit(found.loss0, sign=-1.0 if group["maximize"] else 1.0)
 
     def _search(self, loss: Any, probed: list[GroupWork]) -> None:
         """The first round's backtracking: probe, lower each group's rate that one fit could

@@ -72,41 +72,25 @@ def real_numel(param: Tensor) -> int:
 AUTOCAST_DEVICES = ("cpu", "cuda")
 
 
-class Trace:
-    """What the probe forwards did besides computing the loss: the running statistics they
-    changed (restored by ``restore()``) and the coarsest precision they computed at (``eps``:
-    the machine epsilon of the autocast or parameter dtype, float32's at least)."""
-
-    def __init__(self) -> None:
-        self.eps = torch.finfo(torch.float32).eps
-        self._saved: dict[int, list[tuple[Tensor, Tensor]]] = {}
-
-    def see(self, module: torch.nn.Module, args: tuple) -> None:
-        """A forward pre-hook for every module the closure calls."""
-        if id(module) not in self._saved and module.training and getattr(module, "track_running_stats", False):
-            self._saved[id(module)] = [(b, b.clone()) for b in module.buffers(recurse=False)]
-        dtypes = [torch.get_autocast_dtype(d) for d in AUTOCAST_DEVICES if torch.is_autocast_enabled(d)]
-        dtypes += [p.dtype for p in module.parameters(recurse=False) if p.is_floating_point()]
-        self.eps = max([self.eps] + [torch.finfo(d).eps for d in dtypes])
-
-    def restore(self) -> None:
-        with torch.no_grad():
-            for pairs in self._saved.values():
-                for buffer, copy in pairs:
-                    buffer.copy_(copy)
-        self._saved.clear()
-
-
 @contextmanager
-def watch(trace: Trace) -> Iterator[Trace]:
-    """Let ``trace`` see every module forward inside the block (whoever calls it), then restore
-    the running statistics those forwards changed."""
-    handle = torch.nn.modules.module.register_module_forward_pre_hook(trace.see)
+def leave_no_trace() -> Iterator[None]:
+    """Restore, on exit, the buffers of every module in train mode that tracks running
+    statistics (BatchNorm-style) and ran a forward inside the block, whoever called it."""
+    saved: dict[int, list[tuple[Tensor, Tensor]]] = {}
+
+    def save(module: torch.nn.Module, args: tuple) -> None:
+        if id(module) not in saved and module.training and getattr(module, "track_running_stats", False):
+            saved[id(module)] = [(b, b.clone()) for b in module.buffers(recurse=False)]
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(save)
     try:
-        yield trace
+        yield
     finally:
         handle.remove()
-        trace.restore()
+        with torch.no_grad():
+            for pairs in saved.values():
+                for buffer, copy in pairs:
+                    buffer.copy_(copy)
 
 
 def rng_devices(params: Sequence[Tensor]) -> list[int]:
@@ -114,12 +98,11 @@ def rng_devices(params: Sequence[Tensor]) -> list[int]:
     return sorted({p.device.index or 0 for p in params if p.device.type == "cuda"})
 
 
-def evaluate(closure: Closure, grads: Sequence[Tensor], devices: list[int], trace: Trace) -> Tensor:
+def evaluate(closure: Closure, grads: Sequence[Tensor], devices: list[int]) -> Tensor:
     """The closure's loss as a 0-d float64 tensor, on the RNG state the caller holds now; the
-    running statistics of the modules it calls are left as they were, and ``trace`` sees the
-    precision they computed at (``watch``)."""
+    running statistics of the modules it calls are left as they were (``leave_no_trace``)."""
     versions = [g._version for g in grads]
-    with torch.random.fork_rng(devices=devices), watch(trace):
+    with torch.random.fork_rng(devices=devices), leave_no_trace():
         try:
             loss = closure()
         except RuntimeError as err:
