@@ -404,7 +404,7 @@ class GeNAdamW(torch.optim.Optimizer):
     @torch.compiler.disable  # host-side logic: torch.compile(opt.step) runs it eagerly
     def _training_closure(self, closure: Closure) -> Any:
         """Call torch's kind of closure with gradients enabled; it must compute gradients."""
-        params = [p for g in self.param_groups for p in g["params"] if p.requires_grad]
+        params = [p for g in self.param_groups for p in g["params"] if p.requires_grad and p.is_leaf]
         computed: list[bool] = []
         handles = [p.register_post_accumulate_grad_hook(lambda _: computed.append(True)) for p in params]
         try:

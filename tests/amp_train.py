@@ -2,16 +2,13 @@
 replay_closure under Accelerate's bf16 autocast; writes what the probes computed at."""
 import json
 import math
-import os
 import sys
 
 import torch
 from accelerate import Accelerator
+from hf_models import gpt2
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hf_models import gpt2  # noqa: E402
-
-from gen_optim import GeNAdamW, group_parameters, replay_closure  # noqa: E402
+from gen_optim import GeNAdamW, group_parameters, replay_closure
 
 accelerator = Accelerator(cpu=True)
 model = gpt2(seed=0)

@@ -514,7 +514,7 @@ def test_probes_leave_batchnorm_statistics_alone_with_any_closure(closure):
 
 
 def test_checkpoint_saved_by_0_1_0_loads():
-    """tests/data/gen_adamw_0.1.0.pt was written by 0.1.0 (tests/data/make_0_1_0_checkpoint.py)."""
+    """tests/data/gen_adamw_0.1.0.pt was written by 0.1.0 (tests/make_0_1_0_checkpoint.py)."""
     from pathlib import Path
 
     import torch.nn.functional as F

@@ -1,19 +1,16 @@
-"""Writes gen_adamw_0.1.0.pt: a GeNAdamW checkpoint saved by gen_optim 0.1.0 (commit fad5d70).
+"""Writes data/gen_adamw_0.1.0.pt: a GeNAdamW checkpoint saved by gen_optim 0.1.0 (commit fad5d70).
 
-Run with 0.1.0 on the path, e.g.
+Run with 0.1.0 first on the path, e.g.
     git archive fad5d70 gen_optim | tar -x -C /tmp/old
-    cd tests && PYTHONPATH=/tmp/old python data/make_0_1_0_checkpoint.py
+    PYTHONPATH=/tmp/old python tests/make_0_1_0_checkpoint.py
 """
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from conftest import Net, make_data
 
-sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
-from conftest import Net, make_data  # noqa: E402
-
-import gen_optim  # noqa: E402
+import gen_optim
 
 assert gen_optim.__version__ == "0.1.0" and "step" in gen_optim.GeNAdamW(Net().parameters()).state, "needs 0.1.0"
 torch.manual_seed(0)
@@ -26,4 +23,4 @@ for _ in range(6):
     F.mse_loss(model(tokens), target).backward()
     opt.step()
 opt.propose_mask(0.5)
-torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, Path(__file__).with_name("gen_adamw_0.1.0.pt"))
+torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, Path(__file__).with_name("data") / "gen_adamw_0.1.0.pt")
