@@ -44,9 +44,10 @@ from torch.optim.adamw import adamw
 from torch.optim.optimizer import _get_scalar_dtype, _use_grad_for_differentiable
 
 from .fit import Fit, Probes, ppi
+from .grouping import real_numel
 from .mask import FrontierPoint, Mask, frontier, propose
 from .probe import (
-    Closure, ClosureError, adamw_direction, evaluate, mean_over_ranks, probe_group, real_numel, rng_devices,
+    Closure, ClosureError, adamw_direction, evaluate, mean_over_ranks, probe_group, rng_devices,
 )
 from .rule import RateRule, Verdict
 

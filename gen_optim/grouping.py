@@ -22,6 +22,12 @@ _LAYER_INDEX = re.compile(r"\.(\d+)(?:\.|$)")
 Grouper = Callable[[str, nn.Parameter], str]
 
 
+def real_numel(param: torch.Tensor) -> int:
+    """The number of real entries of ``param``: a complex entry counts twice, as its real view
+    (torch's optimizers treat it so); masks and APPI count parameters this way."""
+    return param.numel() * (2 if torch.is_complex(param) else 1)
+
+
 def _is_norm(module: nn.Module) -> bool:
     return isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase)) or (
         "norm" in type(module).__name__.lower()
@@ -80,6 +86,25 @@ def _order(group_name: str) -> tuple[int, int]:
     return (index, CATEGORIES.index(category) if category in CATEGORIES else len(CATEGORIES))
 
 
+def named_groups(
+    model: nn.Module, by: str | Grouper = "category", trainable_only: bool = True
+) -> dict[str, list[tuple[str, nn.Parameter]]]:
+    """``{group name: [(parameter name, parameter), ...]}`` in group order (see ``group_parameters``)."""
+    if not (by in ("category", "layer") or callable(by)):
+        raise ValueError(f"by must be 'category', 'layer' or a callable (name, param) -> str, got {by!r}")
+    groups: dict[str, list[tuple[str, nn.Parameter]]] = {}
+    for name, category, param in categorize(model, trainable_only):
+        if callable(by):
+            group = by(name, param)
+            if not isinstance(group, str) or not group:
+                raise ValueError(f"the grouping callable returned {group!r} for {name!r}; it must return a non-empty str")
+        else:
+            group = _by_layer(name, category) if by == "layer" else category
+        groups.setdefault(group, []).append((name, param))
+    order = list(groups) if callable(by) else sorted(groups, key=_order)
+    return {group: groups[group] for group in order}
+
+
 def group_parameters(
     model: nn.Module, by: str | Grouper = "category", trainable_only: bool = True
 ) -> list[dict[str, Any]]:
@@ -91,17 +116,6 @@ def group_parameters(
     Empty groups are omitted. Returns ``[{"name": ..., "params": [...], "grouping": by}, ...]``
     (``grouping`` is ``"custom"`` for a callable; a ``Mask`` records it to regroup other models).
     """
-    if not (by in ("category", "layer") or callable(by)):
-        raise ValueError(f"by must be 'category', 'layer' or a callable (name, param) -> str, got {by!r}")
-    groups: dict[str, list[torch.Tensor]] = {}
-    for name, category, param in categorize(model, trainable_only):
-        if callable(by):
-            group = by(name, param)
-            if not isinstance(group, str) or not group:
-                raise ValueError(f"the grouping callable returned {group!r} for {name!r}; it must return a non-empty str")
-        else:
-            group = _by_layer(name, category) if by == "layer" else category
-        groups.setdefault(group, []).append(param)
-    names = list(groups) if callable(by) else sorted(groups, key=_order)
     grouping = by if isinstance(by, str) else "custom"
-    return [{"name": name, "params": groups[name], "grouping": grouping} for name in names]
+    return [{"name": name, "params": [p for _, p in members], "grouping": grouping}
+            for name, members in named_groups(model, by, trainable_only).items()]

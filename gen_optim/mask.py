@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from .grouping import Grouper, group_parameters
+from .grouping import Grouper, named_groups, real_numel
 from .knapsack import exact_frontier, exact_knapsack, greedy_chain
 
 METHODS = ("greedy", "exact")
@@ -65,6 +65,15 @@ class Mask:
     def load(cls, path: str | Path) -> Mask:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
+    def groups_of(self, model: nn.Module, by: str | Grouper | None = None) -> dict[str, list[tuple[str, nn.Parameter]]]:
+        """All of ``model``'s parameters, named and grouped by ``by`` (default: the mask's own
+        grouping, as the mask was chosen)."""
+        if by is None:
+            if self.grouping == "custom":
+                raise ValueError("this mask came from a custom grouping: pass the same callable as by=")
+            by = self.grouping
+        return named_groups(model, by=by, trainable_only=False)
+
     def apply(self, model: nn.Module, by: str | Grouper | None = None, allow_missing: bool = False) -> float:
         """Train exactly this mask's groups of ``model``; returns its trainable fraction.
 
@@ -72,22 +81,18 @@ class Mask:
         parameters; groups named here are set ``requires_grad=True``, all others ``False``.
         A named group the model lacks is an error, or a warning with ``allow_missing=True``.
         """
-        if by is None:
-            if self.grouping == "custom":
-                raise ValueError("this mask came from a custom grouping: pass the same callable as by=")
-            by = self.grouping
-        groups = {g["name"]: g["params"] for g in group_parameters(model, by=by, trainable_only=False)}
+        groups = self.groups_of(model, by)
         missing = sorted(set(self.active) - set(groups))
         if missing:
             message = f"the mask names groups the model lacks: {missing} (model groups: {sorted(groups)})"
             if not allow_missing:
                 raise ValueError(message + "; pass allow_missing=True to train the others anyway")
             warnings.warn(message, stacklevel=2)
-        for name, params in groups.items():
-            for p in params:
+        for name, members in groups.items():
+            for _, p in members:
                 p.requires_grad_(name in self.active)
-        active = sum(p.numel() for name in self.active if name in groups for p in groups[name])
-        return active / sum(p.numel() for params in groups.values() for p in params)
+        active = sum(real_numel(p) for name in self.active if name in groups for _, p in groups[name])
+        return active / sum(real_numel(p) for members in groups.values() for _, p in members)
 
 
 def _arrays(appi: dict[str, float], sizes: dict[str, int]) -> tuple[list[str], np.ndarray, np.ndarray]:

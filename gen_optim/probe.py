@@ -64,11 +64,6 @@ def adamw_direction(
     return exp_avg.div(denom).div_(1 - beta1**step).add_(param, alpha=weight_decay)
 
 
-def real_numel(param: Tensor) -> int:
-    """The number of real entries of ``param``: a complex entry counts twice, as its real view."""
-    return param.numel() * (2 if torch.is_complex(param) else 1)
-
-
 AUTOCAST_DEVICES = ("cpu", "cuda")
 
 
