@@ -88,7 +88,7 @@ def time_steps(args):
     F, B = forward_backward_times(model, data, args.device, 10)
     gen = optimizers["gen_probe"]
     K = len(gen.param_groups)
-    n_fwd = len(gen.probe_scales) * K + 1 + int(gen.joint)
+    n_fwd = len(gen.defaults["probe_scales"]) * K + 1 + int(gen.defaults["joint"])
     theory = 1 + n_fwd * F / (args.probe_every * (F + B))
     print(f"model: GPT-2 {args.layers} layers, width {args.width}, batch {args.batch}x{args.seq}, device {args.device}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
