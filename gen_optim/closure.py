@@ -22,8 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .probe import AUTOCAST_DEVICES
-
+AUTOCAST_DEVICES = ("cpu", "cuda")  # where a recorded forward's autocast state is read
 PRECISIONS = ("full", "training")
 
 
@@ -123,10 +122,10 @@ def replay_closure(
     with gradients enabled are recorded, so evaluation and generation don't count. A forward
     recorded under mixed precision (``torch.autocast``, or Accelerate's ``--mixed_precision``,
     which wraps ``model.forward`` in autocast) is replayed at full precision
-    (``precision="full"``, default: bfloat16 rounding drowns the probes of small groups,
-    benchmarks/precision.py) or under the same autocast (``precision="training"``; GeNAdamW
-    then judges flat fits at bfloat16's rounding). The loss is ``output.loss`` (HF models) or ``loss_fn(output, *args, **kwargs)`` of the
-    recorded inputs.
+    (``precision="full"``, default: bfloat16 rounding drowns the probes of small groups and
+    collapses their rates, benchmarks/precision.py) or under the same autocast
+    (``precision="training"``). The loss is ``output.loss`` (HF models) or
+    ``loss_fn(output, *args, **kwargs)`` of the recorded inputs.
     """
     if batch not in ("previous", "current"):
         raise ValueError(f"batch must be 'previous' or 'current', got {batch!r}")

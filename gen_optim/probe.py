@@ -64,9 +64,6 @@ def adamw_direction(
     return exp_avg.div(denom).div_(1 - beta1**step).add_(param, alpha=weight_decay)
 
 
-AUTOCAST_DEVICES = ("cpu", "cuda")
-
-
 @contextmanager
 def leave_no_trace() -> Iterator[None]:
     """Restore, on exit, the buffers of every module in train mode that tracks running
