@@ -76,3 +76,21 @@ def test_resume_gives_the_same_appi(tmp_path):
     assert "resumed Part I at step 3" in launch(["--select_only", "--resume"], stopped)
     straight = json.loads((tmp_path / "straight" / "appi.json").read_text())
     assert json.loads((stopped / "appi.json").read_text()) == straight and any(straight.values())
+
+
+def test_sst2_trainer_example(tmp_path):
+    """The Trainer example on its tiny offline model: selection, dev accuracy, the shipped subset."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    env.pop("ACCELERATE_MIXED_PRECISION", None)
+    cmd = [sys.executable, str(ROOT / "examples" / "sst2_trainer.py"), "--model", "tiny", "--max_steps", "20",
+           "--eps", "0.05", "--output_dir", str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "RANDOMLY INITIALISED" in proc.stdout
+    mask = Mask.load(tmp_path / "mask.json")
+    assert mask.active and mask.fraction <= 0.05
+    accuracy = float(proc.stdout.split("dev accuracy ")[1].split()[0])
+    assert 0.0 <= accuracy <= 1.0
+    percent = float(proc.stdout.split("bytes of weights, ")[1].split("%")[0])
+    assert 0 < percent <= 100 * 0.05 + 0.5  # the subset's weights are about the mask's fraction of the model
+    assert (tmp_path / "subset" / "subset.safetensors").exists() and Mask.load(tmp_path / "subset" / "mask.json") == mask
