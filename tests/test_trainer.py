@@ -36,7 +36,7 @@ def check_frozen(result, out):
     frozen = [n for n, t in result["trainable"].items() if not t]
     assert trainable and frozen
     assert not any(result["grads"][n] for n in frozen)  # frozen groups computed no gradient
-    assert {"gen/appi/head", "gen/lr/others"} <= set(result["log_keys"])
+    assert {"gen/appi/head", "gen/lr/others"} <= set(result["log_keys"]) & set(result["reported_keys"])
 
 
 def test_selects_freezes_logs_and_resumes(tmp_path):

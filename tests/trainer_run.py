@@ -9,7 +9,7 @@ import os
 
 import torch
 from hf_models import bert
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from gen_optim import GeNAdamW, group_parameters, replay_closure
 from gen_optim.trainer import AdaPEFTCallback
@@ -38,8 +38,21 @@ opt = GeNAdamW(group_parameters(model), replay_closure(model), lr=1e-3, probe_ev
 args = TrainingArguments(output_dir=cli.out, max_steps=20, per_device_train_batch_size=8, logging_steps=4,
                          save_steps=8, report_to="none", use_cpu=True, seed=0, data_seed=0,
                          ddp_find_unused_parameters=not cli.no_find_unused, disable_tqdm=True)
-callback = AdaPEFTCallback(eps=0.3, select_at=0.25)
-trainer = Trainer(model, args, train_dataset=Rows(), optimizers=(opt, None), callbacks=[callback])
+
+
+class Reporter(TrainerCallback):
+    """Stands in for a reporting integration (TensorBoard, W&B), which the Trainer places first."""
+
+    def __init__(self):
+        self.keys = set()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.keys |= set(logs)
+
+
+callback, reporter = AdaPEFTCallback(eps=0.3, select_at=0.25), Reporter()
+trainer = Trainer(model, args, train_dataset=Rows(), optimizers=(opt, None), callbacks=[reporter, callback])
+trainer.callback_handler.callbacks.insert(0, trainer.pop_callback(AdaPEFTCallback))  # as the README says
 trainer.train(resume_from_checkpoint=cli.resume)
 rank = int(os.environ.get("RANK", 0))
 result = {
@@ -48,6 +61,7 @@ result = {
     "grads": {n: p.grad is not None for n, p in model.named_parameters()},
     "appi": opt.state["appi"], "rounds": opt.state["gen"]["rounds"],
     "log_keys": sorted({k for entry in trainer.state.log_history for k in entry}),
+    "reported_keys": sorted(reporter.keys),
     "weights": [p.detach().double().sum().item() for p in model.parameters()],
     "world_size": args.world_size, "parallel_mode": str(args.parallel_mode),
 }
