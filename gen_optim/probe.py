@@ -64,17 +64,33 @@ def adamw_direction(
     return exp_avg.div(denom).div_(1 - beta1**step).add_(param, alpha=weight_decay)
 
 
+def _fsdp_module_type() -> type | None:
+    """FSDP2's module class, where this torch has it."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        return None
+    return FSDPModule
+
+
 @contextmanager
 def leave_no_trace() -> Iterator[None]:
     """Restore, on exit, the buffers of every module in train mode that tracks running
-    statistics (BatchNorm-style) and ran a forward inside the block, whoever called it."""
+    statistics (BatchNorm-style) and ran a forward inside the block, whoever called it; and
+    reshard every FSDP2 module that ran, so that the next forward gathers the weights afresh
+    (a module that keeps its parameters unsharded after forward, as FSDP2's root does, would
+    otherwise compute the next probe with the weights of this one)."""
     saved: dict[int, list[tuple[Tensor, Tensor]]] = {}
+    sharded: dict[int, torch.nn.Module] = {}
+    fsdp = _fsdp_module_type()
 
-    def save(module: torch.nn.Module, args: tuple) -> None:
+    def see(module: torch.nn.Module, args: tuple) -> None:
         if id(module) not in saved and module.training and getattr(module, "track_running_stats", False):
             saved[id(module)] = [(b, b.clone()) for b in module.buffers(recurse=False)]
+        if fsdp is not None and isinstance(module, fsdp):
+            sharded[id(module)] = module
 
-    handle = torch.nn.modules.module.register_module_forward_pre_hook(save)
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(see)
     try:
         yield
     finally:
@@ -83,6 +99,8 @@ def leave_no_trace() -> Iterator[None]:
             for pairs in saved.values():
                 for buffer, copy in pairs:
                     buffer.copy_(copy)
+        for module in sharded.values():
+            module.reshard()
 
 
 def rng_devices(params: Sequence[Tensor]) -> list[int]:
