@@ -35,6 +35,8 @@ for step in range(20):
     opt.zero_grad()
     F.mse_loss(model(x), y).backward()
     opt.step()
+trainable = [p.requires_grad for p in model.parameters()]
+applied = Mask(("bias",), 0.0, None, "fixed").apply(model)  # a transfer onto the sharded model
 full = [p.full_tensor() if hasattr(p, "full_tensor") else p.detach() for p in model.parameters()]
 if rank == 0:
     with open(sys.argv[1], "w") as f:
@@ -42,9 +44,10 @@ if rank == 0:
                    "sizes": opt.group_sizes(), "weights": [w.tolist() for w in full],
                    "reasons": [{n: e["reason"] for n, e in r["groups"].items()} for r in opt.history],
                    "fits": [{n: (e["A"], e["B"], e["ppi"]) for n, e in r["groups"].items()} for r in opt.history],
-                   "trainable": [p.requires_grad for p in model.parameters()],
+                   "trainable": trainable,
                    "state": [bool(opt.state.get(p)) for p in model.parameters()],
-                   "grads": [p.grad is not None for p in model.parameters()]}, f)
+                   "grads": [p.grad is not None for p in model.parameters()],
+                   "applied": [applied, [p.requires_grad for p in model.parameters()]]}, f)
 if sharded:
     dist.barrier()
     dist.destroy_process_group()

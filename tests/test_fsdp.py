@@ -35,3 +35,4 @@ def test_fsdp2_matches_one_process(tmp_path):
     assert any(frozen) and sharded["trainable"] == alone["trainable"]
     assert not any(s for s, f in zip(sharded["state"], frozen) if f)  # no AdamW state for frozen groups
     assert not any(g for g, f in zip(sharded["grads"], frozen) if f)  # and no gradients
+    assert sharded["applied"] == alone["applied"] and sharded["applied"][0] == pytest.approx(65 / 1441)
