@@ -12,5 +12,6 @@ from .subset import load_subset, save_subset
 __version__ = "0.1.0"
 __all__ = [
     "CATEGORIES", "ClosureError", "Fit", "FrontierPoint", "GeNAdamW", "Mask", "ProbeClosure", "Probes", "categorize",
-    "equip_lora", "fit_quadratic", "group_parameters", "iterator_closure", "load_subset", "ppi", "replay_closure", "save_subset", "to_peft_config",
+    "equip_lora", "fit_quadratic", "group_parameters", "iterator_closure", "load_subset", "ppi", "replay_closure",
+    "save_subset", "to_peft_config",
 ]

@@ -4,7 +4,7 @@ each group's influence (PPI/APPI) for AdaPEFT's subset selection.
 Every ``probe_every`` steps, and at each of the first ``warmup`` steps, a *probe round* runs
 before the update:
 
-0. in the first round only, a backtracking line search (``search`` re-probes at most) lowers
+0. in each group's first round, a backtracking line search (``search`` re-probes at most) lowers
    each rate that is too high for one fit to correct: a poor fit (the probes left the
    quadratic regime) divides the rate by 4, a clean convex fit whose minimum ``A / B`` lies
    below ``rate_clip[0]`` times the rate moves it to ``A / B`` (by 4x at most), then it
@@ -47,7 +47,13 @@ from .fit import Fit, Probes, ppi
 from .grouping import real_numel
 from .mask import FrontierPoint, Mask, frontier, propose
 from .probe import (
-    Closure, ClosureError, adamw_direction, evaluate, mean_over_ranks, probe_group, rng_devices,
+    Closure,
+    ClosureError,
+    adamw_direction,
+    evaluate,
+    mean_over_ranks,
+    probe_group,
+    rng_devices,
 )
 from .rule import RateRule, Verdict
 
@@ -113,10 +119,13 @@ def _check_gen(group: dict[str, Any]) -> None:
     if isinstance(every, bool) or not (isinstance(every, int) and every >= 0):
         raise ValueError(f"probe_every must be an int >= 0 (0 turns probing off), got {every!r}")
     if len(set(scales)) < 3 or 0.0 in scales:
-        raise ValueError(f"probe_scales needs at least 3 distinct non-zero values to fit and judge a parabola, got {scales}")
+        raise ValueError(f"probe_scales needs at least 3 distinct non-zero values to fit and judge a parabola, "
+                         f"got {scales}")
     if not 0.0 <= group["r2_min"] <= 1.0 or not 0.0 <= group["smoothing"] < 1.0:
-        raise ValueError(f"r2_min must lie in [0, 1] and smoothing in [0, 1), got {group['r2_min']}, {group['smoothing']}")
-    for key, meaning in (("warmup", "steps that all probe, unsmoothed"), ("search", "re-probes of the first round's line search")):
+        raise ValueError(f"r2_min must lie in [0, 1] and smoothing in [0, 1), got {group['r2_min']}, "
+                         f"{group['smoothing']}")
+    for key, meaning in (("warmup", "steps that all probe, unsmoothed"),
+                         ("search", "re-probes of the first round's line search")):
         if isinstance(group[key], bool) or not (isinstance(group[key], int) and group[key] >= 0):
             raise ValueError(f"{key} must be an int >= 0 ({meaning}), got {group[key]!r}")
     if group["probe_direction"] not in PROBE_DIRECTIONS:

@@ -8,7 +8,6 @@ closed forms and ``torch.optim.AdamW``.
 """
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 
