@@ -20,10 +20,11 @@ rank, world = (dist.get_rank(), dist.get_world_size()) if sharded else (0, 1)
 torch.manual_seed(0)
 model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.LayerNorm(32), torch.nn.Tanh(), torch.nn.Linear(32, 32),
                             torch.nn.Tanh(), torch.nn.Linear(32, 1)).double()  # float64: fits agree to ~1e-12
-if sharded:  # each Linear its own FSDP unit; the LayerNorm stays with the root
-    for module in model:
+if sharded:  # each Linear its own FSDP unit (the middle one keeps its weights gathered after
+    # forward, as the root does); the LayerNorm stays with the root
+    for i, module in enumerate(model):
         if isinstance(module, torch.nn.Linear):
-            fully_shard(module)
+            fully_shard(module, reshard_after_forward=i != 3)
     fully_shard(model)
 g = torch.Generator().manual_seed(1)
 X, Y = torch.randn(64, 8, generator=g).double(), torch.randn(64, 1, generator=g).double()
