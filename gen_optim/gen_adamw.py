@@ -499,7 +499,7 @@ class GeNAdamW(torch.optim.Optimizer):
             if decision.verdict is Verdict.NONFINITE:
                 self._warn_once("nonfinite", "the probe closure returned NaN or inf; the affected fits are rejected")
             entry = {"A": fit.A, "B": fit.B, "r2": fit.r2, "ppi": 0.0, "accepted": decision.accepted,
-                     "reason": decision.reason}
+                     "verdict": decision.verdict.value, "action": decision.action.value, "reason": decision.reason}
             if decision.accepted:
                 entry["ppi"] = ppi(fit, sum(real_numel(p) for p in group["params"]))
                 self.state["appi"][group["name"]] += entry["ppi"]

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from conftest import Net, make_data
 from gen_optim import ClosureError, GeNAdamW, group_parameters, iterator_closure
 from gen_optim.gen_adamw_reference import GeNAdamWReference
+from gen_optim.rule import Action, Verdict
 
 
 def train(model, opt, steps, data=None, closure_data=None):
@@ -212,6 +213,8 @@ def test_flat_fit_leaves_the_rate_alone():
     opt = one_step_on(loss, {"lora_A": lora_A, "lora_B": lora_B}, lr=1e-2)
     record = opt.history[0]["groups"]
     assert record["lora_A"]["reason"].startswith("flat") and record["lora_A"]["ppi"] == 0.0
+    assert (record["lora_A"]["verdict"], record["lora_A"]["action"]) == (Verdict.FLAT.value, Action.KEEP.value)
+    assert (record["lora_B"]["verdict"], record["lora_B"]["action"]) == (Verdict.ACCEPTED.value, Action.FIT.value)
     assert opt.param_groups[0]["gen_lr"] == 1e-2
     assert record["lora_B"]["accepted"] and opt.param_groups[1]["gen_lr"] != 1e-2
 
