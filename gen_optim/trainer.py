@@ -40,6 +40,17 @@ def gen_optimizer(optimizer: Any) -> GeNAdamW:
     return inner
 
 
+def _ddp_finds_unused(args: Any, model: Any) -> bool:
+    """Whether the Trainer wraps the model in DDP with ``find_unused_parameters``: as set, else
+    (its default) unless activation checkpointing is on."""
+    if args.ddp_find_unused_parameters is not None:
+        return bool(args.ddp_find_unused_parameters)
+    checkpointing = getattr(model, "is_activation_checkpointing", None)  # transformers >= 5
+    if checkpointing is None:
+        checkpointing = getattr(model, "is_gradient_checkpointing", False)
+    return not (bool(checkpointing) or getattr(args, "activation_checkpointing", False))
+
+
 class AdaPEFTCallback(TrainerCallback):
     """Propose and apply the AdaPEFT mask at ``select_at`` of the run (see the module docstring).
 
@@ -62,9 +73,10 @@ class AdaPEFTCallback(TrainerCallback):
             raise ValueError("AdaPEFTCallback needs the run's length: set max_steps or num_train_epochs")
         return max(1, round(self.select_at * state.max_steps))
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
+    def on_train_begin(self, args: Any, state: Any, control: Any, optimizer: Any = None, model: Any = None,
+                       **kwargs: Any) -> None:
         opt = gen_optimizer(optimizer)
-        if args.parallel_mode == ParallelMode.DISTRIBUTED and not args.ddp_find_unused_parameters:
+        if args.parallel_mode == ParallelMode.DISTRIBUTED and not _ddp_finds_unused(args, model):
             raise ValueError(
                 "AdaPEFTCallback freezes groups during the run, after DDP has fixed the parameters it "
                 "expects gradients for: set TrainingArguments(ddp_find_unused_parameters=True) (the frozen "

@@ -74,3 +74,21 @@ def test_bad_arguments():
         AdaPEFTCallback(eps=0.1, select_at=1.5)
     with pytest.raises(ValueError, match="method"):
         AdaPEFTCallback(eps=0.1, method="best")
+
+
+def test_find_unused_parameters_as_the_trainer_decides():
+    """The Trainer's default finds unused parameters unless activation checkpointing is on."""
+    from transformers import TrainingArguments
+
+    from hf_models import bert
+    from gen_optim.trainer import _ddp_finds_unused
+
+    def args(**kw):
+        return TrainingArguments(output_dir="unused", report_to="none", **kw)
+
+    model = bert()
+    assert _ddp_finds_unused(args(), model)
+    model.activation_checkpointing_enable()
+    assert not _ddp_finds_unused(args(), model)
+    assert _ddp_finds_unused(args(ddp_find_unused_parameters=True), model)
+    assert not _ddp_finds_unused(args(ddp_find_unused_parameters=False), bert())
