@@ -17,14 +17,13 @@ from typing import Any
 
 from .gen_adamw import GeNAdamW
 from .mask import METHODS, Mask
+from .subset import MASK_FILE
 
 try:
     from transformers import TrainerCallback
     from transformers.training_args import ParallelMode
 except ImportError as err:  # pragma: no cover - the hf extra is missing
     raise ImportError("gen_optim.trainer needs transformers: pip install 'genadamw[hf]'") from err
-
-MASK_FILE = "mask.json"
 
 
 def gen_optimizer(optimizer: Any) -> GeNAdamW:
