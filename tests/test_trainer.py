@@ -49,13 +49,18 @@ def test_selects_freezes_logs_and_resumes(tmp_path):
     assert resumed["weights"] == pytest.approx(straight["weights"], rel=1e-5)
 
 
-def test_ddp_two_processes(tmp_path):
-    results = run(tmp_path, processes=2)
+def test_ddp_two_processes_and_resume(tmp_path):
+    results = run(tmp_path / "straight", processes=2)
     assert [r["parallel_mode"] for r in results] == ["ParallelMode.DISTRIBUTED"] * 2
     assert results[0]["world_size"] == 2
     for r in results:
-        check_frozen(r, tmp_path)
+        check_frozen(r, tmp_path / "straight")
     assert results[0]["weights"] == results[1]["weights"] and results[0]["appi"] == results[1]["appi"]
+    resumed = run(tmp_path / "resumed", "--resume", str(tmp_path / "straight" / "checkpoint-8"), processes=2)
+    for r in resumed:
+        assert r["mask"] == results[0]["mask"] and r["trainable"] == results[0]["trainable"]
+        assert r["appi"] == pytest.approx(results[0]["appi"], rel=1e-6)
+        assert r["weights"] == pytest.approx(results[0]["weights"], rel=1e-5)
 
 
 def test_ddp_without_find_unused_parameters_says_what_to_set(tmp_path):
