@@ -7,7 +7,7 @@ parameter memory is negligible, so the sizes are GeNAdamW's own record) trained 
 probe round (what 0.1.0 kept inside each checkpoint; a user who wants it collects
 ``opt.last_round`` after each step, as done here).
 
-    python benchmarks/checkpoint_size.py [--steps 100000]
+    python -m benchmarks.checkpoint_size [--steps 100000]
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ the dev accuracy. The question it answers (the selection issue's "bias to check"
 group collect little APPI because its fits are rejected, rather than because it matters
 little? ``--quick`` runs a tiny randomly initialised BERT for a few steps (mechanics only).
 
-    python benchmarks/fit_verdicts.py [--steps 200] [--lrs 1e-3 1e-4] [--quick]
+    python -m benchmarks.fit_verdicts [--steps 200] [--lrs 1e-3 1e-4] [--quick]
 """
 from __future__ import annotations
 

@@ -7,14 +7,14 @@ Memory: the peak in use over 4 steps after the first, model included (CUDA: max 
 CPU: sampled peak of the C heap in use, see ``common.HeapPeak``); plus the bytes held by
 gradients and optimizer state, counted tensor by tensor.
 
-    python benchmarks/freeze.py [--device cuda] [--rounds 5]
+    python -m benchmarks.freeze [--device cuda] [--rounds 5]
 """
 from __future__ import annotations
 
 import argparse
 
 import torch
-from common import batches, gpt2, interleaved_step_times, peak_memory, train_steps
+from benchmarks.common import batches, gpt2, interleaved_step_times, peak_memory, train_steps
 
 from gen_optim import GeNAdamW, Mask, equip_lora, group_parameters
 

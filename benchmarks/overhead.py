@@ -8,7 +8,7 @@ Prints, measured side by side in one run (configurations interleaved, medians of
 - peak memory of each vs AdamW over a probe period after the first step, model included
   (CUDA: max allocated; CPU: sampled peak of the C heap in use, see ``common.HeapPeak``).
 
-    python benchmarks/overhead.py [--device cuda] [--rounds 5]
+    python -m benchmarks.overhead [--device cuda] [--rounds 5]
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import argparse
 import statistics
 
 import torch
-from common import batches, gpt2, interleaved_step_times, peak_memory, timed, train_steps
+from benchmarks.common import batches, gpt2, interleaved_step_times, peak_memory, timed, train_steps
 
 from gen_optim import GeNAdamW, group_parameters
 

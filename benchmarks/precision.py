@@ -9,7 +9,7 @@ probe_every 4, GeNAdamW from 1e-3), trained under ``torch.autocast("cpu", torch.
 - AdamW 1e-3 under bf16.
 Prints the held-out loss (float32) at the end and each group's final fitted rate.
 
-    python benchmarks/precision.py [--steps 200] [--seeds 0 1]
+    python -m benchmarks.precision [--steps 200] [--seeds 0 1]
 """
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ import sys
 import time
 
 import torch
-from stability import collate, held_out_loss, load
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from benchmarks.stability import collate, held_out_loss, load
 from gen_optim import GeNAdamW, equip_lora, group_parameters, replay_closure
 
 ARMS = {

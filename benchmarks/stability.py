@@ -14,7 +14,7 @@ then whether each GeNAdamW run is within 2% of the best AdamW at the last step.
 ``--ablation`` instead runs each knob's default against other values (search, warm-up,
 smoothing, rate_clip) beside AdamW 1e-3 and the defaults from 1e-3 and 1e-2.
 
-    python benchmarks/stability.py [--steps 200] [--seeds 0 1 2] [--configs NAME ... | --ablation]
+    python -m benchmarks.stability [--steps 200] [--seeds 0 1 2] [--configs NAME ... | --ablation]
 """
 from __future__ import annotations
 
@@ -24,15 +24,12 @@ import random
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-from e2e import DATA, collate, encode, read_csv, train_tokenizer  # noqa: E402
-
-from gen_optim import GeNAdamW, equip_lora, group_parameters, replay_closure  # noqa: E402
+from examples.e2e import DATA, collate, encode, read_csv, train_tokenizer
+from gen_optim import GeNAdamW, equip_lora, group_parameters, replay_closure
 
 CONFIGS = {
     "adamw 3e-4": dict(lr=3e-4),

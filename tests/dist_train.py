@@ -7,10 +7,9 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
 
-sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from hf_models import gpt2  # noqa: E402
+from hf_models import gpt2
 
-from gen_optim import GeNAdamW, group_parameters, replay_closure  # noqa: E402
+from gen_optim import GeNAdamW, group_parameters, replay_closure
 
 accelerator = Accelerator(gradient_accumulation_steps=2)
 assert accelerator.distributed_type == DistributedType.MULTI_CPU, accelerator.distributed_type

@@ -1,11 +1,7 @@
 """A short, seeded version of benchmarks/stability.py: fitted rates must not hurt."""
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from stability import CONFIGS, load, run  # noqa: E402
+from benchmarks.stability import CONFIGS, load, run
 
 
 @pytest.fixture(scope="module")
