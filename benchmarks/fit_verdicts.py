@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import csv
 import random
 import tempfile
 import time
@@ -24,16 +23,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification
 
+from examples.sst2_trainer import DATA, read_tsv
 from gen_optim import GeNAdamW, group_parameters
 from gen_optim.rule import Verdict
-
-DATA = Path(__file__).resolve().parents[1] / "examples" / "data"
-
-
-def read_tsv(path: Path) -> list[tuple[str, int]]:
-    with open(path, newline="", encoding="utf-8") as f:
-        return [(row[1], int(row[0])) for row in list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]]
-
 
 def load(quick: bool):
     if quick:

@@ -20,10 +20,9 @@ import sys
 import time
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
 
-from benchmarks.stability import collate, held_out_loss, load
-from gen_optim import GeNAdamW, equip_lora, group_parameters, replay_closure
+from benchmarks.stability import collate, held_out_loss, load, model_for
+from gen_optim import GeNAdamW, group_parameters, replay_closure
 
 ARMS = {
     "float32": dict(autocast=False, probes="full"),
@@ -35,10 +34,7 @@ ARMS = {
 
 def run(arm: dict, seed: int, data, steps: int, batch: int = 16):
     train, held_out, tokenizer = data
-    torch.manual_seed(seed)
-    config = GPT2Config(n_layer=2, n_embd=128, n_head=4, vocab_size=len(tokenizer), n_positions=128,
-                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
-    model = equip_lora(GPT2LMHeadModel(config), r=8, target_modules=["c_attn"], fan_in_fan_out=True)
+    model = model_for(tokenizer, seed)
     if arm.get("adamw"):
         opt = torch.optim.AdamW(group_parameters(model), lr=1e-3)
     else:

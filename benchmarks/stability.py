@@ -78,13 +78,18 @@ def held_out_loss(model, examples, pad_id, batch=64):
     return total / count
 
 
+def model_for(tokenizer, seed: int) -> torch.nn.Module:
+    """The benchmark's model: a 2-layer GPT-2 (width 128) with LoRA on c_attn, all trainable."""
+    torch.manual_seed(seed)
+    config = GPT2Config(n_layer=2, n_embd=128, n_head=4, vocab_size=len(tokenizer), n_positions=128,
+                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    return equip_lora(GPT2LMHeadModel(config), r=8, target_modules=["c_attn"], fan_in_fan_out=True)
+
+
 def run(config: dict, seed: int, data, steps: int = 200, eval_every: int = 50, batch: int = 16, probe_every: int = 4):
     """Held-out losses at every ``eval_every`` steps of one configuration (inf once diverged)."""
     train, held_out, tokenizer = data
-    torch.manual_seed(seed)
-    config_ = GPT2Config(n_layer=2, n_embd=128, n_head=4, vocab_size=len(tokenizer), n_positions=128,
-                         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
-    model = equip_lora(GPT2LMHeadModel(config_), r=8, target_modules=["c_attn"], fan_in_fan_out=True)
+    model = model_for(tokenizer, seed)
     groups = group_parameters(model)
     if "gen" in config:
         closure = replay_closure(model, batch=config.get("batch", "current"))

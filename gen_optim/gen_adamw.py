@@ -145,17 +145,21 @@ def _fresh_log() -> dict[str, Any]:
     return {"step": 0, "rounds": 0, "stride": 1, "history": [], "last_round": None, "mask": None}
 
 
+def _thin(log: dict[str, Any]) -> None:
+    """Keep every other history record, doubling the stride, until at most ``HISTORY_ROUNDS`` remain."""
+    while len(log["history"]) > HISTORY_ROUNDS:
+        log["history"], log["stride"] = log["history"][::2], 2 * log["stride"]
+
+
 def _log_from_0_1_0(state: dict[Any, Any]) -> dict[str, Any]:
     """``state["gen"]`` from a 0.1.0 checkpoint, which kept ``step``, ``ppi`` and ``mask`` in the state."""
     log = _fresh_log()
     log["step"] = int(state.pop("step", 0))
-    history = list(state.pop("ppi", []))
+    log["history"] = list(state.pop("ppi", []))
     log["mask"] = state.pop("mask", None)
-    log["rounds"] = len(history)
-    log["last_round"] = history[-1] if history else None
-    while len(history) > HISTORY_ROUNDS:
-        history, log["stride"] = history[::2], 2 * log["stride"]
-    log["history"] = history
+    log["rounds"] = len(log["history"])
+    log["last_round"] = log["history"][-1] if log["history"] else None
+    _thin(log)
     return log
 
 
@@ -531,8 +535,7 @@ class GeNAdamW(torch.optim.Optimizer):
         log["last_round"] = record
         if log["rounds"] % log["stride"] == 0:
             log["history"].append(record)
-            if len(log["history"]) > HISTORY_ROUNDS:
-                log["history"], log["stride"] = log["history"][::2], 2 * log["stride"]
+            _thin(log)
         log["rounds"] += 1
 
     def group_sizes(self) -> dict[str, int]:

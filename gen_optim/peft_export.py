@@ -59,7 +59,7 @@ def _own(bare: nn.Module, module_name: str) -> set[str]:
 
 def _owners(bare: nn.Module, names: set[str]) -> list[str]:
     """Modules all of whose own parameters are in ``names`` (those peft can train whole)."""
-    return [m for m, _ in bare.named_modules() if _own(bare, m) and _own(bare, m) <= names]
+    return [m for m, _ in bare.named_modules() if (own := _own(bare, m)) and own <= names]
 
 
 def to_peft_config(mask: Mask, model: nn.Module, by: Any = None) -> Any:

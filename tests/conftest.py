@@ -32,3 +32,11 @@ def make_data(n=64, seed=0):
 def net():
     torch.manual_seed(0)
     return Net()
+
+
+def mask_of(model, active):
+    """A Mask training the named category groups of ``model`` (its sizes over all parameters)."""
+    from gen_optim import Mask, group_parameters
+
+    sizes = {g["name"]: sum(p.numel() for p in g["params"]) for g in group_parameters(model, trainable_only=False)}
+    return Mask(tuple(active), sum(sizes[a] for a in active) / sum(sizes.values()), None, "greedy", {}, sizes)

@@ -4,8 +4,9 @@ import warnings
 import peft
 import pytest
 
+from conftest import mask_of
 from hf_models import bert, gpt2
-from gen_optim import Mask, equip_lora, group_parameters
+from gen_optim import equip_lora
 from gen_optim.peft_export import to_peft_config
 
 
@@ -13,12 +14,6 @@ def lora_gpt2():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return equip_lora(gpt2(), r=4, target_modules=["c_attn"], fan_in_fan_out=True)
-
-
-def mask_of(model, active):
-    groups = {g["name"]: g["params"] for g in group_parameters(model, trainable_only=False)}
-    sizes = {name: sum(p.numel() for p in params) for name, params in groups.items()}
-    return Mask(tuple(active), sum(sizes[a] for a in active) / sum(sizes.values()), None, "greedy", {}, sizes)
 
 
 def trained(model):

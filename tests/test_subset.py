@@ -2,8 +2,9 @@
 import pytest
 import torch
 
+from conftest import mask_of
 from hf_models import bert, gpt2
-from gen_optim import Mask, equip_lora, group_parameters
+from gen_optim import equip_lora
 from gen_optim.subset import MASK_FILE, WEIGHTS_FILE, load_subset, save_subset
 
 
@@ -16,12 +17,6 @@ def train(model, mask, classify=False, steps=3):
         opt.zero_grad()
         model(input_ids=ids, labels=ids[:, 0] % 2 if classify else ids).loss.backward()
         opt.step()
-
-
-def mask_of(model, active):
-    sizes = {g["name"]: sum(p.numel() for p in g["params"]) for g in group_parameters(model, trainable_only=False)}
-    fraction = sum(sizes[a] for a in active) / sum(sizes.values())
-    return Mask(tuple(active), fraction, None, "custom-test", {}, sizes)
 
 
 @pytest.mark.parametrize("make,active", [(bert, ("bias", "head")), (gpt2, ("norm", "bias"))])
