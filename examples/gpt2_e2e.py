@@ -54,7 +54,11 @@ def parse_args(argv=None):
     p.add_argument("--batch_size", type=int, default=16, help="per process")
     p.add_argument("--grad_accum", type=int, default=1)
     p.add_argument("--max_length", type=int, default=128)
-    p.add_argument("--probe_every", type=int, default=8)
+    p.add_argument("--select_probe_every", type=int, default=8,
+                   help="Part I probes every N steps: its APPI is the selection (the paper's setting)")
+    p.add_argument("--probe_every", type=int, default=None,
+                   help="Part II: a fixed probe interval (default: GeNAdamW's probe budget schedules)")
+    p.add_argument("--probe_budget", type=float, default=0.1, help="Part II: the most probing adds to the compute")
     p.add_argument("--lora_r", type=int, default=8)
     p.add_argument("--test_rows", type=int, default=512, help="test rows evaluated (0: all)")
     p.add_argument("--output_dir", default="runs/gpt2_e2e")
@@ -139,15 +143,16 @@ def train(accelerator, model, opt, batches, steps, desc, start=0, on_step=None):
     return True
 
 
-def make_optimizer(model, args):
+def make_optimizer(model, args, probe_every):
     """GeNAdamW over the trainable groups, probing on replays of the model's training batches."""
-    return GeNAdamW(group_parameters(model), replay_closure(model), lr=args.lr, probe_every=args.probe_every)
+    return GeNAdamW(group_parameters(model), replay_closure(model), lr=args.lr, probe_every=probe_every,
+                    probe_budget=args.probe_budget)
 
 
 def part_one(accelerator, args, train_examples, tokenizer, log):
     """Select: train the small model with every group trainable; returns its optimizer's state."""
     model = equip_lora(load_model(args.small, len(tokenizer), tokenizer, log), r=args.lora_r)
-    opt = make_optimizer(model, args)
+    opt = make_optimizer(model, args, args.select_probe_every)
     model, opt = accelerator.prepare(model, opt)
     steps = max(1, round(args.select_fraction * args.steps))
     checkpoint = Path(args.output_dir) / "checkpoint"
@@ -177,7 +182,7 @@ def part_two(accelerator, args, mask, data, tokenizer, log, name):
     set_seed(args.seed)
     model = equip_lora(load_model(args.large, len(tokenizer), tokenizer, log), r=args.lora_r)
     fraction = 1.0 if mask is None else mask.apply(model)
-    opt = make_optimizer(model, args)
+    opt = make_optimizer(model, args, args.probe_every)
     model, opt = accelerator.prepare(model, opt)
     start = time.time()
     train(accelerator, model, opt, Batches(train_examples, args.batch_size, accelerator, tokenizer.pad_token_id, args.seed),

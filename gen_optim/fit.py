@@ -7,13 +7,15 @@ Moving a group along its update ``d`` by a step ``eta`` changes the loss by
 so probing a few ``eta`` and solving this 2-parameter least-squares problem (no
 intercept: the change is 0 at eta = 0) estimates ``A`` and ``B``. The minimiser of the
 fitted parabola is ``eta* = A / B`` and the loss it predicts to remove is ``A^2 / 2B``;
-the paper's per-parameter influence is ``PPI = A^2 / (B |w|)``. When no probe changes the
+the paper's per-parameter influence is ``PPI = A^2 / (B |w|)`` (here capped at the farthest
+probed step, see ``ppi``). When no probe changes the
 loss by more than ``resolution`` (a group the loss does not depend on yet, such as LoRA's
-``A`` while ``B = 0``) the fit is *flat*: it carries no information about the rate.
+``A`` while ``B = 0``) the fit is *flat*: it carries no information about the rate. A fit is
+*uphill* when the probe at the largest positive step raised the loss: the rate overshoots.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -29,6 +31,8 @@ class Fit:
     B: float
     r2: float
     flat: bool = False
+    uphill: bool = False  # the probe at the largest positive step raised the loss: the rate overshoots
+    reach: float = float("inf")  # the largest positive step probed: the parabola is data up to here
 
     @property
     def rate(self) -> float:
@@ -54,8 +58,15 @@ def fit_quadratic(etas: np.ndarray, delta_losses: np.ndarray, resolution: float 
 
 
 def ppi(fit: Fit, numel: int) -> float:
-    """Per-parameter influence ``A^2 / (B |w|)`` of an accepted fit."""
-    return fit.A**2 / (fit.B * numel)
+    """Per-parameter influence of an accepted fit: twice the loss reduction its parabola
+    predicts, per parameter, at its minimum ``A / B`` or at ``reach`` if that is nearer.
+
+    Within reach it is the paper's ``A^2 / (B |w|)``. Beyond it, that formula extrapolates the
+    parabola past every probe and grows without bound as ``B -> 0+``: one nearly linear fit
+    (LoRA's ``B`` early on) credited a group with 1e6 times the APPI of all others together
+    (benchmarks/RESULTS.md), so the reduction is taken at the farthest probed step instead."""
+    eta = min(fit.rate, fit.reach)
+    return 2.0 * (fit.A * eta - 0.5 * fit.B * eta**2) / numel
 
 
 @dataclass(frozen=True)
@@ -69,4 +80,8 @@ class Probes:
         """The fit of ``sign * (L(eta) - L0)``: ``sign = -1`` when the group maximizes its objective.
         Flat when no probe moved the loss beyond float32 rounding of ``L0``."""
         delta = sign * (np.asarray(self.losses, dtype=np.float64) - loss0)
-        return fit_quadratic(np.asarray(self.etas), delta, FLAT_RESOLUTION * abs(loss0))
+        fit = fit_quadratic(np.asarray(self.etas), delta, FLAT_RESOLUTION * abs(loss0))
+        far = int(np.argmax(self.etas))
+        uphill = not fit.flat and (not np.isfinite(delta).all() or (self.etas[far] > 0 and delta[far] > 0))
+        reach = max((e for e in self.etas if e > 0), default=float("inf"))
+        return replace(fit, uphill=bool(uphill), reach=float(reach))

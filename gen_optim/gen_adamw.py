@@ -1,8 +1,10 @@
 """GeNAdamW: AdamW whose per-group learning rates are fitted from the loss (GeN), recording
 each group's influence (PPI/APPI) for AdaPEFT's subset selection.
 
-Every ``probe_every`` steps, and at each of the first ``warmup`` steps, a *probe round* runs
-before the update:
+A *probe round* runs before the update for the groups that are due: by default as often as
+``probe_budget`` allows (after warm-up, probes cost at most that fraction of the training
+compute, counted in forwards; see ``rule.Schedule``), or every ``probe_every`` steps and at each
+of the first ``warmup`` steps when ``probe_every`` is given:
 
 0. in each group's first round, a backtracking line search (``search`` re-probes at most) lowers
    each rate that is too high for one fit to correct: a poor fit (the probes left the
@@ -17,9 +19,9 @@ before the update:
    ``R^2 >= r2_min`` the group's rate moves towards ``A / B`` (clipped to ``rate_clip`` times
    the current rate, then smoothed: ``lr <- smoothing lr + (1 - smoothing) target``, with no
    smoothing during warm-up) and ``PPI_k = A^2 / (B |w_k|)`` is added to ``APPI_k``; a clean
-   fit with ``A <= 0``, or any rejected fit during warm-up, moves it towards
-   ``rate_clip[0]`` times itself instead; a flat fit (no probe moved the loss beyond float32
-   rounding) leaves it alone;
+   fit with ``A <= 0``, or during warm-up a rejected fit whose largest probe step raised the
+   loss (*uphill*), moves it towards ``rate_clip[0]`` times itself instead; other rejected
+   fits, and flat ones (no probe moved the loss beyond float32 rounding), leave it alone;
 3. with ``joint=True``, after the update the loss is evaluated once more at the new weights;
    with the slope ``G'delta = -sum_k lr_k A_k`` this fits the loss along the combined step
    ``delta``, and when the combined step passed its optimum ``c* < 1`` every fitted rate is
@@ -55,7 +57,7 @@ from .probe import (
     probe_group,
     rng_devices,
 )
-from .rule import RateRule, Verdict
+from .rule import RateRule, Schedule, Verdict
 
 HISTORY_ROUNDS = 256  # probe records kept in the state; older ones are thinned to every other one
 
@@ -63,13 +65,13 @@ HISTORY_ROUNDS = 256  # probe records kept in the state; older ones are thinned 
 ADAMW_OPTIONS = dict(amsgrad=False, maximize=False, foreach=None, capturable=False, differentiable=False, fused=None)
 # GeN's settings: per param group, like AdamW's, so they survive state_dict(), copies and pickles.
 GEN_SETTINGS = dict(
-    probe_every=8, probe_scales=(-2.0, -1.0, 1.0, 2.0), r2_min=0.99, smoothing=0.9, rate_clip=(0.5, 2.0),
-    joint=False, warmup=10, search=6, probe_direction="previous",
+    probe_every=None, probe_budget=0.1, probe_scales=(-2.0, -1.0, 1.0, 2.0), r2_min=0.99, smoothing=0.9,
+    rate_clip=(0.5, 2.0), joint=False, warmup=10, search=6, probe_direction="previous",
 )
 PROBE_DIRECTIONS = ("previous", "current")
 
 NO_CLOSURE_FIX = (
-    "GeNAdamW needs a probe closure to probe the loss (probe_every={every}): one that returns the "
+    "GeNAdamW needs a probe closure to probe the loss: one that returns the "
     "loss of the current batch without calling backward, given to the constructor, "
     "`GeNAdamW(params, closure=lambda: loss_fn(model(x), y))`, or set as `opt.closure`; "
     "for the HF Trainer or other loops use `closure=gen_optim.replay_closure(model)`; "
@@ -115,9 +117,13 @@ def _check_adamw(lr: Any, betas: tuple, eps: float, weight_decay: float, options
 
 def _check_gen(group: dict[str, Any]) -> None:
     """GeN's checks of one param group's settings."""
-    every, scales = group["probe_every"], group["probe_scales"]
-    if isinstance(every, bool) or not (isinstance(every, int) and every >= 0):
-        raise ValueError(f"probe_every must be an int >= 0 (0 turns probing off), got {every!r}")
+    every, scales, budget = group["probe_every"], group["probe_scales"], group["probe_budget"]
+    if every is not None and (isinstance(every, bool) or not (isinstance(every, int) and every >= 0)):
+        raise ValueError(f"probe_every must be None (the budget schedules), or an int >= 0 (a fixed interval; 0 "
+                         f"turns probing off), got {every!r}")
+    if isinstance(budget, bool) or not isinstance(budget, float | int) or not 0 < budget < float("inf"):
+        raise ValueError(f"probe_budget is the most probing may add to the training compute after warm-up, a "
+                         f"fraction > 0 (e.g. 0.1), got {budget!r}; turn probing off with probe_every=0")
     if len(set(scales)) < 3 or 0.0 in scales:
         raise ValueError(f"probe_scales needs at least 3 distinct non-zero values to fit and judge a parabola, "
                          f"got {scales}")
@@ -133,7 +139,7 @@ def _check_gen(group: dict[str, Any]) -> None:
     lo, hi = group["rate_clip"]
     if not 0.0 < lo <= 1.0 <= hi:
         raise ValueError(f"rate_clip must be (lo, hi) with 0 < lo <= 1 <= hi, got {group['rate_clip']}")
-    if group["differentiable"] and every > 0:
+    if group["differentiable"] and every != 0:
         raise ValueError(
             "differentiable=True cannot probe: probes edit the weights in place, which autograd forbids "
             "for tensors a differentiable step saved; use probe_every=0 (a differentiable AdamW)"
@@ -205,16 +211,20 @@ class GeNAdamW(torch.optim.Optimizer):
             and any setting below (AdamW's and GeN's alike) for that group alone.
             ``gen_optim.group_parameters(model)`` gives the AdaPEFT groups.
         closure: the *probe closure*: returns the loss of the current batch *without* calling
-            backward. Needed when ``probe_every > 0``; may be set later as ``opt.closure``.
+            backward. Needed unless ``probe_every=0``; may be set later as ``opt.closure``.
         lr, betas, eps, weight_decay, amsgrad: as ``torch.optim.AdamW``; ``lr`` is each group's
             starting rate.
-        probe_every: steps between probe rounds (0 turns probing off: plain AdamW).
+        probe_every: ``None`` (default): the budget schedules the probe rounds; an int: a fixed
+            interval between rounds instead (0 turns probing off: plain AdamW).
+        probe_budget: the most probing may add to the training compute after warm-up, as a
+            fraction (forwards counted; a training step counts as ``rule.STEP_FORWARDS``).
         probe_scales: the multiples ``s_j`` of a group's rate at which it is probed.
         r2_min: the least ``R^2`` of a fit that may set a rate.
         smoothing: weight of the old rate in ``lr <- smoothing lr + (1 - smoothing) target``.
         rate_clip: ``(lo, hi)``: one fit's target lies within ``[lo, hi]`` times the rate.
         joint: scale the rates down when the combined step of all groups passes its optimum.
-        warmup: the first steps that all probe, unsmoothed, shrinking rates without a clean fit.
+        warmup: the first steps that all probe (fixed interval), or each group's most rounds before
+            its rate settles (budget); unsmoothed, shrinking rates without a clean fit.
         search: re-probes per group in its first round's line search (0: none).
         probe_direction: ``"previous"`` (the last update's direction) or ``"current"``.
         foreach, maximize, capturable, differentiable, fused: as ``torch.optim.AdamW``
@@ -235,7 +245,8 @@ class GeNAdamW(torch.optim.Optimizer):
         weight_decay: float = 1e-2,
         amsgrad: bool = False,
         *,
-        probe_every: int = GEN_SETTINGS["probe_every"],
+        probe_every: int | None = GEN_SETTINGS["probe_every"],
+        probe_budget: float = GEN_SETTINGS["probe_budget"],
         probe_scales: tuple[float, ...] = GEN_SETTINGS["probe_scales"],
         r2_min: float = GEN_SETTINGS["r2_min"],
         smoothing: float = GEN_SETTINGS["smoothing"],
@@ -260,8 +271,8 @@ class GeNAdamW(torch.optim.Optimizer):
         _check_adamw(lr, betas, eps, weight_decay, options)
         self.closure = closure
         self._warned: set[str] = set()
-        settings = dict(probe_every=probe_every, probe_scales=tuple(float(s) for s in probe_scales), r2_min=r2_min,
-                        smoothing=smoothing, rate_clip=tuple(rate_clip), joint=joint, warmup=warmup, search=search,
+        settings = dict(probe_every=probe_every, probe_budget=probe_budget,
+                        probe_scales=tuple(float(s) for s in probe_scales), r2_min=r2_min, smoothing=smoothing, rate_clip=tuple(rate_clip), joint=joint, warmup=warmup, search=search,
                         probe_direction=probe_direction)
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, **options, **settings)
         super().__init__(params, defaults)
@@ -285,6 +296,7 @@ class GeNAdamW(torch.optim.Optimizer):
         group.setdefault("gen_lr", float(group["lr"]))
         group.setdefault("gen_base_lr", float(group["lr"]))
         group.setdefault("gen_rounds", 0)
+        RateRule.of(group).first_schedule().store(group)
         self.state.setdefault("appi", {})[name] = 0.0
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -318,6 +330,8 @@ class GeNAdamW(torch.optim.Optimizer):
             group.setdefault("gen_lr", float(group["lr"]))
             group.setdefault("gen_base_lr", float(group["lr"]))
             group.setdefault("gen_rounds", sum(group["name"] in r["groups"] for r in self.state["gen"]["history"]))
+            if any(k not in group for k in Schedule.KEYS):  # from 0.1.0 or AdamW: warm-up only if not done
+                RateRule.of(group).first_schedule(group["gen_rounds"]).store(group)
             appi.setdefault(group["name"], 0.0)
             for p in group["params"]:
                 p_state = self.state.get(p)
@@ -395,7 +409,7 @@ class GeNAdamW(torch.optim.Optimizer):
         loss = None if closure is None else self._training_closure(closure)
         log = self.state["gen"]
         work = [self._init_group(group) for group in self.param_groups]
-        due = [w for w in work if w.params and w.group["gen_lr"] > 0 and RateRule.of(w.group).due(log["step"])]
+        due = self._due(work, log["step"])
         record = self._probe_round(due, work) if due else None
         for w in work:
             if w.params:
@@ -431,6 +445,25 @@ class GeNAdamW(torch.optim.Optimizer):
             raise ClosureError(STEP_CLOSURE_FIX)
         return loss
 
+    @staticmethod
+    def _due(work: list[GroupWork], step: int) -> list[GroupWork]:
+        """The groups probed at ``step``; under the budget, each probed group first earns its
+        share of this step's credit."""
+        rules = [(w, RateRule.of(w.group)) for w in work if w.params and w.group["gen_lr"] > 0]
+        rules = [(w, rule) for w, rule in rules if rule.probing]
+        budgeted = sum(rule.budgeted for _, rule in rules)
+        for w, rule in rules:
+            if rule.budgeted:
+                w.group["gen_credit"] += rule.earned(budgeted)
+        return [w for w, rule in rules if rule.due(step, Schedule.of(w.group))]
+
+    @staticmethod
+    def _charge(probed: list[GroupWork], own: list[int], shared: int) -> None:
+        """Pay for a round's forwards from the probed groups' credit: each its own probes and
+        an equal share of the ``shared`` ones (``L0``, the joint correction's)."""
+        for w, n in zip(probed, own):
+            w.group["gen_credit"] -= n + shared / len(probed)
+
     def _loss(self, closure: Closure, work: list[GroupWork]) -> Any:
         grads = [g for w in work for g in w.grads]
         devices = rng_devices([p for group in self.param_groups for p in group["params"]])
@@ -441,7 +474,7 @@ class GeNAdamW(torch.optim.Optimizer):
         """Probe the due groups, fit, and move their rates; returns the round's record."""
         closure = self.closure
         if closure is None:
-            raise RuntimeError(NO_CLOSURE_FIX.format(every=due[0].group["probe_every"]))
+            raise RuntimeError(NO_CLOSURE_FIX)
         if _deepspeed_active():
             raise RuntimeError(
                 "GeNAdamW cannot probe under DeepSpeed: its optimizer wrapper hands the optimizer flat "
@@ -465,6 +498,7 @@ class GeNAdamW(torch.optim.Optimizer):
         for w, group_etas in zip(probed, etas):
             losses += probe_group(w.params, w.direction, group_etas, loss)
         values = mean_over_ranks(torch.stack(losses)).tolist()
+        self._charge(probed, [len(e) for e in etas], shared=1)
         probes, start = [], 1
         for group_etas in etas:
             probes.append(Probes(group_etas, tuple(values[start : start + len(group_etas)])))
@@ -499,7 +533,9 @@ class GeNAdamW(torch.optim.Optimizer):
         for w, probes in zip(due, found.probes):
             group = w.group
             fit = self._fit(group, probes, found)
-            decision = RateRule.of(group).decide(fit, group["gen_lr"], step)
+            rule = RateRule.of(group)
+            schedule = Schedule.of(group)
+            decision = rule.decide(fit, group["gen_lr"], rule.warming(step, schedule))
             if decision.verdict is Verdict.NONFINITE:
                 self._warn_once("nonfinite", "the probe closure returned NaN or inf; the affected fits are rejected")
             entry = {"A": fit.A, "B": fit.B, "r2": fit.r2, "ppi": 0.0, "accepted": decision.accepted,
@@ -507,8 +543,10 @@ class GeNAdamW(torch.optim.Optimizer):
             if decision.accepted:
                 entry["ppi"] = ppi(fit, sum(real_numel(p) for p in group["params"]))
                 self.state["appi"][group["name"]] += entry["ppi"]
-            group["gen_lr"] = decision.rate
+            old_rate, group["gen_lr"] = group["gen_lr"], decision.rate
             group["gen_rounds"] += 1
+            if rule.budgeted:
+                rule.after_round(schedule, step, group["gen_rounds"], fit, decision, old_rate).store(group)
             entry["lr"] = float(self.rate(group))
             record["groups"][group["name"]] = entry
         return record
@@ -518,6 +556,7 @@ class GeNAdamW(torch.optim.Optimizer):
         """Fit the loss along the combined step just taken; scale the rates back if it overshot."""
         with torch.no_grad():
             loss1 = mean_over_ranks(self._loss(self.closure, work)().reshape(1)).item()
+        self._charge(joint, [0] * len(joint), shared=1)
         groups = [w.group for w in joint]
         slope = -sum(float(self.rate(g)) * record["groups"][g["name"]]["A"] for g in groups)
         curvature = 2.0 * (loss1 - record["loss"] - slope)

@@ -14,9 +14,9 @@ import torch
 
 class GeNAdamWReference(torch.optim.Optimizer):
     def __init__(self, params, closure, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 probe_every=8, probe_scales=(-2.0, -1.0, 1.0, 2.0), r2_min=0.99, smoothing=0.9,
+                 probe_every=None, probe_budget=0.1, probe_scales=(-2.0, -1.0, 1.0, 2.0), r2_min=0.99, smoothing=0.9,
                  rate_clip=(0.5, 2.0), joint=False, warmup=10, search=6, probe_direction="previous"):
-        settings = dict(probe_every=probe_every, probe_scales=probe_scales, r2_min=r2_min, smoothing=smoothing,
+        settings = dict(probe_every=probe_every, probe_budget=probe_budget, probe_scales=probe_scales, r2_min=r2_min, smoothing=smoothing,
                         rate_clip=rate_clip, joint=joint, warmup=warmup, search=search, probe_direction=probe_direction)
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, **settings))
         self.closure = closure
@@ -25,7 +25,10 @@ class GeNAdamWReference(torch.optim.Optimizer):
         for i, group in enumerate(self.param_groups):
             group.setdefault("name", f"group{i}")
             group["gen_lr"] = group["base_lr"] = group["lr"]  # the fitted rate; a scheduler scales it
-            group["searched"] = False
+            group["rounds"] = 0
+            # the budget's schedule: forwards it may spend, when it is next due, how often, warm-up over
+            group["credit"] = (group["warmup"] + group["search"]) * (len(group["probe_scales"]) + 1.0)
+            group["next"], group["interval"], group["settled"] = 0, 1, group["warmup"] == 0
             self.appi[group["name"]] = 0.0
 
     def direction(self, group, p, with_grad=True):
@@ -40,11 +43,13 @@ class GeNAdamWReference(torch.optim.Optimizer):
 
     def fit(self, group, params, loss0):
         """Probe ``group`` along its direction at its fitted rate's scales; least-squares A, B,
-        R^2, or None when no probe moved the loss beyond float32 rounding."""
+        R^2 and whether the largest step raised the loss, or None when no probe moved the loss
+        beyond float32 rounding."""
         previous = [group["probe_direction"] == "previous" and self.state[p].get("step", 0) > 0 for p in params]
         d = [self.direction(group, p, not prev)[0] for p, prev in zip(params, previous)]
         w0 = [p.clone() for p in params]
         etas = np.array(group["probe_scales"]) * group["gen_lr"]
+        group["credit"] -= len(etas)
         losses = []
         for eta in etas:
             for p, w, dp in zip(params, w0, d):
@@ -57,7 +62,8 @@ class GeNAdamWReference(torch.optim.Optimizer):
             return None
         X = np.stack([-etas, etas**2 / 2], axis=1)
         A, B = np.linalg.solve(X.T @ X, X.T @ y)
-        return A, B, 1 - np.sum((y - X @ [A, B]) ** 2) / np.sum((y - y.mean()) ** 2)
+        uphill = not np.isfinite(y).all() or (etas.max() > 0 and y[np.argmax(etas)] > 0)
+        return A, B, 1 - np.sum((y - X @ [A, B]) ** 2) / np.sum((y - y.mean()) ** 2), uphill
 
     def search(self, pending):
         """The first round's backtracking: lower each rate one fit can't correct, probe it again."""
@@ -66,6 +72,8 @@ class GeNAdamWReference(torch.optim.Optimizer):
             if not pending:
                 return
             loss0 = float(self.closure())
+            for group, _ in pending:
+                group["credit"] -= 1 / len(pending)
             if not np.isfinite(loss0):
                 return
             lowered = []
@@ -73,7 +81,7 @@ class GeNAdamWReference(torch.optim.Optimizer):
                 fit = self.fit(group, params, loss0)
                 if fit is None:
                     continue
-                A, B, r2 = fit
+                A, B, r2, _ = fit
                 if not r2 >= group["r2_min"]:
                     group["gen_lr"] /= 4
                 elif A > 0 and B > 0 and A / B < group["rate_clip"][0] * group["gen_lr"]:
@@ -85,31 +93,48 @@ class GeNAdamWReference(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self):
-        due = [g for g in self.param_groups
-               if g["probe_every"] > 0 and (self.t < g["warmup"] or self.t % g["probe_every"] == 0)]
-        active = [(g, [p for p in g["params"] if p.grad is not None]) for g in due]
-        active = [(g, params) for g, params in active if params]
+        with_grads = [(g, [p for p in g["params"] if p.grad is not None]) for g in self.param_groups]
+        with_grads = [(g, params) for g, params in with_grads if params and g["gen_lr"] > 0 and g["probe_every"] != 0]
+        budgeted = [g for g, _ in with_grads if g["probe_every"] is None]
+        for g in budgeted:  # each step earns the budgeted groups their share of the budget, in forwards
+            g["credit"] += g["probe_budget"] * 3.0 / len(budgeted)
+        active = [(g, params) for g, params in with_grads
+                  if ((g["credit"] >= -1e-9 and self.t >= g["next"]) if g["probe_every"] is None
+                      else (self.t < g["warmup"] or self.t % g["probe_every"] == 0))]
         fits = {}
         if active:
-            unsearched = [(g, params) for g, params in active if not g["searched"] and g["search"] > 0]
+            unsearched = [(g, params) for g, params in active if g["rounds"] == 0 and g["search"] > 0]
             if unsearched:
                 self.search(unsearched)
             loss0 = float(self.closure())
             for group, params in active:
-                group["searched"] = True
+                group["credit"] -= 1 / len(active)
+                group["rounds"] += 1
                 lo, hi = group["rate_clip"]
-                smoothing = group["smoothing"] if self.t >= group["warmup"] else 0.0
+                warming = not group["settled"] if group["probe_every"] is None else self.t < group["warmup"]
+                smoothing = 0.0 if warming else group["smoothing"]
+                old = group["gen_lr"]
                 fit = self.fit(group, params, loss0)
                 fits[group["name"]] = 0.0 if fit is None else fit[0]
-                if fit is None:
-                    continue
-                A, B, r2 = fit
-                if A > 0 and B > 0 and r2 >= group["r2_min"]:
-                    self.appi[group["name"]] += A**2 / (B * sum(p.numel() for p in group["params"]))
+                A, B, r2, uphill = (0.0, 0.0, 0.0, False) if fit is None else fit
+                accepted = A > 0 and B > 0 and r2 >= group["r2_min"]
+                shrunk = False
+                if accepted:
+                    step = min(A / B, max(group["probe_scales"]) * old)  # the parabola's minimum, or the farthest probe
+                    self.appi[group["name"]] += 2 * (A * step - B * step**2 / 2) / sum(p.numel() for p in group["params"])
                     target = min(max(A / B, lo * group["gen_lr"]), hi * group["gen_lr"])
                     group["gen_lr"] = smoothing * group["gen_lr"] + (1 - smoothing) * target
-                elif self.t < group["warmup"] or (A <= 0 and r2 >= group["r2_min"]):
+                elif fit is not None and ((A <= 0 and r2 >= group["r2_min"]) or (warming and uphill)):
                     group["gen_lr"] = smoothing * group["gen_lr"] + (1 - smoothing) * lo * group["gen_lr"]
+                    shrunk = True
+                if group["probe_every"] is None:  # the budget's schedule after this round
+                    settled = group["settled"] or group["rounds"] >= group["warmup"] or (
+                        accepted and lo * old <= A / B <= hi * old)
+                    if settled and not group["settled"]:
+                        group["credit"] = min(group["credit"], 0.0)  # warm-up's unspent credit is dropped
+                    moved = shrunk or not 1 / 1.05 < group["gen_lr"] / old < 1.05
+                    group["interval"] = 1 if not settled or moved else min(2 * group["interval"], 256)
+                    group["next"], group["settled"] = self.t + group["interval"], settled
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
@@ -121,6 +146,8 @@ class GeNAdamWReference(torch.optim.Optimizer):
         joint = [g for g, _ in active if g["joint"]]
         if joint:
             loss1 = float(self.closure())
+            for g in joint:
+                g["credit"] -= 1 / len(joint)
             slope = -sum(g["gen_lr"] * g["lr"] / g["base_lr"] * fits[g["name"]] for g in joint)
             curvature = 2 * (loss1 - loss0 - slope)
             if slope < 0 and curvature > 0 and -slope / curvature < 1:

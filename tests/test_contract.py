@@ -541,3 +541,25 @@ def test_checkpoint_saved_by_0_1_0_loads():
         F.mse_loss(model(tokens), target).backward()
         opt.step()
     assert gen["step"] == 8 and gen["rounds"] == 5
+
+
+def test_checkpoint_saved_by_0_1_0_resumes_under_the_budget_past_warm_up():
+    """A resumed run whose groups had their warm-up rounds does not warm up again (unsmoothed
+    rates, the warm-up's credit) when the budget schedules it."""
+    from pathlib import Path
+
+    import torch.nn.functional as F
+    from conftest import Net, make_data
+
+    from gen_optim import group_parameters
+    from gen_optim.rule import Schedule
+
+    saved = torch.load(Path(__file__).with_name("data") / "gen_adamw_0.1.0.pt")
+    model = Net()
+    tokens, target = make_data()
+    for warmup, settled in ((2, True), (10, False)):
+        opt = GeNAdamW(group_parameters(model), lambda: F.mse_loss(model(tokens), target), lr=1e-2, warmup=warmup)
+        opt.load_state_dict(saved["optimizer"])
+        schedules = [Schedule.of(g) for g in opt.param_groups]
+        assert all(s.settled is settled and (s.credit == 0.0) is settled for s in schedules)
+        assert all(g["probe_every"] is None for g in opt.param_groups)

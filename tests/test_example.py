@@ -12,7 +12,7 @@ from gen_optim import Mask
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--steps", "12", "--select_fraction", "0.5", "--batch_size", "4", "--test_rows", "64",
-         "--probe_every", "2", "--eps", "0.2"]
+         "--select_probe_every", "2", "--probe_every", "2", "--eps", "0.2"]
 
 
 def launch(args, out, processes=1, mixed_precision="no"):

@@ -72,6 +72,11 @@ EQUIVALENCE = {
     "per-group settings": dict(groups={"others": dict(probe_every=2, r2_min=0.5), "head": dict(probe_every=0),
                                        "norm": dict(probe_scales=(-1.0, 1.0, 2.0), warmup=0, joint=True)}),
     "scheduler": dict(scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.8**t)),
+    "budget (the default schedule)": dict(probe_every=None, steps=40),
+    "budget, short warm-up, joint": dict(probe_every=None, probe_budget=0.5, warmup=2, joint=True, steps=40),
+    "budget per group beside a fixed interval": dict(
+        probe_every=None, steps=40, groups={"others": dict(probe_budget=1.0), "head": dict(probe_every=4),
+                                            "norm": dict(probe_scales=(-1.0, 1.0, 2.0), warmup=0, joint=True)}),
 }
 
 
@@ -81,7 +86,7 @@ def test_matches_reference_step_for_step(name):
     model = Net().double()
     twin = copy.deepcopy(model)
     kw = BASE | EQUIVALENCE[name]
-    per_group, scheduler = kw.pop("groups", {}), kw.pop("scheduler", None)
+    per_group, scheduler, steps = kw.pop("groups", {}), kw.pop("scheduler", None), kw.pop("steps", 12)
 
     def groups(m):
         return [g | per_group.get(g["name"], {}) for g in group_parameters(m)]
@@ -90,7 +95,7 @@ def test_matches_reference_step_for_step(name):
     ref = GeNAdamWReference(groups(twin), mse_closure(twin), **kw)
     schedulers = [scheduler(o) for o in (ours, ref)] if scheduler else []
     tokens, target = make_data()
-    for _ in range(12):
+    for _ in range(steps):
         for m, opt in ((model, ours), (twin, ref)):
             opt.zero_grad()
             F.mse_loss(m(tokens.clone()), target.double()).backward()
@@ -102,13 +107,17 @@ def test_matches_reference_step_for_step(name):
         for a, b in zip(model.parameters(), twin.parameters()):
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
         assert [g["gen_lr"] for g in ours.param_groups] == pytest.approx([g["gen_lr"] for g in ref.param_groups], rel=1e-9)
+        assert [(g["gen_credit"], g["gen_next"], g["gen_interval"], g["gen_settled"]) for g in ours.param_groups] == [
+            (pytest.approx(g["credit"], abs=1e-9), g["next"], g["interval"], g["settled"]) for g in ref.param_groups]
     assert ours.state["appi"] == pytest.approx(ref.appi, rel=1e-7)
     assert any(r["groups"][n]["accepted"] for r in ours.history for n in r["groups"])
     assert [g["gen_lr"] for g in ours.param_groups] != [kw["lr"]] * len(ours.param_groups)
     if kw.get("joint") or "norm" in per_group:
         assert any("joint" in r for r in ours.history)
-    if per_group:
+    if per_group.get("head", {}).get("probe_every") == 0:
         assert not any("head" in r["groups"] for r in ours.history)
+    if kw["probe_every"] is None:  # the budget left steps without a round
+        assert len(ours.history) < steps
 
 
 def test_quadratic_fit_is_exact():
@@ -141,7 +150,10 @@ def test_quadratic_fit_is_exact():
         assert record[name]["A"] == pytest.approx(A, rel=1e-6)
         assert record[name]["B"] == pytest.approx(B, rel=1e-6)
         assert record[name]["r2"] == pytest.approx(1.0, abs=1e-9)
-        assert record[name]["ppi"] == pytest.approx(A**2 / (B * (idx.stop - idx.start)), rel=1e-6)
+        step = min(A / B, 2 * 0.05)  # the minimum, or the farthest probe (scale 2 of the rate)
+        assert record[name]["ppi"] == pytest.approx(2 * (A * step - B * step**2 / 2) / (idx.stop - idx.start), rel=1e-6)
+        if A / B <= 0.1:
+            assert record[name]["ppi"] == pytest.approx(A**2 / (B * (idx.stop - idx.start)), rel=1e-6)
         assert opt.state["appi"][name] == record[name]["ppi"]
 
     # the second round probes along the first update's direction, on the current gradient
@@ -393,3 +405,48 @@ def test_state_dict_resume_is_bit_identical():
     assert state_equal(a, b)
     assert opt_a.state["appi"] == opt_b.state["appi"] and opt_a.history == opt_b.history
     assert [g["gen_lr"] for g in opt_a.param_groups] == [g["gen_lr"] for g in opt_b.param_groups]
+
+
+def test_ppi_within_reach_is_the_papers_and_beyond_it_is_capped():
+    from gen_optim.fit import Probes, ppi
+
+    etas = (-0.2, -0.1, 0.1, 0.2)
+    for A, B in ((1.0, 20.0), (1.0, 1e-6)):  # minimum at 0.05 (within reach), at 1e6 (far beyond)
+        fit = Probes(etas, tuple(1.0 - A * e + B * e**2 / 2 for e in etas)).fit(1.0)
+        assert fit.reach == 0.2 and fit.A == pytest.approx(A) and fit.B == pytest.approx(B, rel=1e-4)
+        expected = A**2 / B if A / B <= 0.2 else 2 * (A * 0.2 - B * 0.2**2 / 2)
+        assert ppi(fit, 10) == pytest.approx(expected / 10, rel=1e-4)
+    assert ppi(fit, 10) < 0.05  # not the 1e5 that A^2 / (B |w|) gives
+
+
+@pytest.mark.parametrize("budget", [0.05, 0.2])
+def test_the_budget_bounds_the_probe_forwards(budget):
+    """Counted closure calls: the whole run spends at most the warm-up's credit, the budget's
+    share of the training steps and one round per group; after warm-up, the budget alone."""
+    from gen_optim.rule import STEP_FORWARDS
+
+    torch.manual_seed(0)
+    model = Net()
+    tokens, target = make_data()
+    calls = [0]
+
+    def closure():
+        calls[0] += 1
+        return F.mse_loss(model(tokens), target)
+
+    warmup, search, scales = 3, 2, (-2.0, -1.0, 1.0, 2.0)
+    opt = GeNAdamW(group_parameters(model), closure, lr=1e-2, probe_budget=budget, warmup=warmup, search=search)
+    groups = len(opt.param_groups)
+    spent = []
+    for _ in range(400):
+        opt.zero_grad()
+        F.mse_loss(model(tokens), target).backward()
+        opt.step()
+        spent.append(calls[0])
+    one_round = len(scales) * (search + 1) + search + 1  # a group's probes and L0s in its first round, at most
+    assert spent[-1] <= groups * (warmup + search) * (len(scales) + 1) + budget * STEP_FORWARDS * 400 + groups * one_round
+    assert all(g["gen_settled"] for g in opt.param_groups)
+    settled_by = 100  # every group has settled by now (warm-up is at most `warmup` rounds of one step)
+    after = spent[-1] - spent[settled_by - 1]
+    assert after <= budget * STEP_FORWARDS * (400 - settled_by) + groups * (len(scales) + 1)
+    assert after >= 0.5 * budget * STEP_FORWARDS * (400 - settled_by)  # and it is spent: rounds go on

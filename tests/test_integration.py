@@ -15,18 +15,23 @@ from gen_optim import GeNAdamW, group_parameters, iterator_closure, replay_closu
 HERE = Path(__file__).parent
 
 
-def test_ddp_two_processes_stay_identical(tmp_path):
+@pytest.mark.parametrize("schedule", ["fixed", "budget"])
+def test_ddp_two_processes_stay_identical(tmp_path, schedule):
     out = tmp_path / "result.json"
     env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(HERE / "dist_train.py"), str(out)]
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(HERE / "dist_train.py"), str(out), schedule]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["first_losses"][0] != result["first_losses"][1]  # the ranks saw different data
     assert result["weights_equal"]
     assert result["appi"][0] == result["appi"][1] and max(result["appi"][0]) > 0
-    assert result["steps"] == 20 and result["rounds"] == 10 + 5  # every warm-up step, then every 2nd
+    assert result["credit"][0] == result["credit"][1]  # the budget's schedule in lockstep
+    if schedule == "fixed":
+        assert result["steps"] == 20 and result["rounds"] == 10 + 5  # every warm-up step, then every 2nd
+    else:
+        assert result["steps"] == 20 and 3 <= result["rounds"] < 20
 
 
 def test_replay_closure_probes_the_previous_batch_of_an_hf_model():

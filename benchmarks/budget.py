@@ -1,0 +1,157 @@
+"""What the probe budget costs and what it keeps: whole runs, side by side.
+
+The stability task (``benchmarks.stability``: a 2-layer GPT-2 with LoRA on E2E, six groups,
+batch 16) for ``--steps`` steps, warm-up and the first round's search included, one config
+after the other for each seed (interleaved, so the machine's load falls on all alike):
+- AdamW 1e-3 (the time reference), 3e-4 and 3e-3 (the stable-rates goal: within 2% of the best);
+- GeNAdamW at its defaults (``probe_budget=0.1``) from each ``--lrs`` start;
+- the same rule with no budget (``probe_budget=1e9``: every round its schedule wants);
+- the old fixed interval (``probe_every=8``) from 1e-3.
+Prints per config: wall time / AdamW's, probe forwards per training step and the compute
+fraction they stand for (``/ STEP_FORWARDS``), held-out loss (mean over seeds) against the
+unlimited rule's, and the Kendall tau of the APPI ranking against the unlimited rule's.
+``--sst2`` adds the ranking check on all-MiniLM-L6-v2 cut to 2 blocks (LoRA equipped, all
+trainable; SST-2 from ``benchmarks.table3_sst2``), budget against unlimited.
+
+``--all_tokens`` puts the loss on every token (where warm-up once collapsed rates).
+
+    python -m benchmarks.budget [--steps 600] [--seeds 0 1 2] [--lrs 1e-4 1e-3 1e-2] [--all_tokens] [--sst2] [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import statistics
+import time
+
+import torch
+
+from examples.e2e import collate
+from gen_optim import GeNAdamW, group_parameters, replay_closure
+from gen_optim.rule import STEP_FORWARDS
+
+from .harness import kendall_tau
+from .stability import load, model_for
+
+UNLIMITED = 1e9
+
+
+def configs(lrs: list[float]) -> dict[str, dict]:
+    out = {"adamw 1e-3": dict(lr=1e-3), "adamw 3e-4": dict(lr=3e-4), "adamw 3e-3": dict(lr=3e-3)}
+    for lr in lrs:
+        out[f"budget 0.1 from {lr:g}"] = dict(lr=lr, gen={})
+        out[f"unlimited from {lr:g}"] = dict(lr=lr, gen=dict(probe_budget=UNLIMITED))
+    out["probe_every 8 from 0.001"] = dict(lr=1e-3, gen=dict(probe_every=8))
+    return out
+
+
+def batch_of(examples, pad_id: int, all_tokens: bool) -> dict[str, torch.Tensor]:
+    """A batch with the loss on the reference tokens, or on every token (``all_tokens``)."""
+    b = collate(examples, pad_id)
+    if all_tokens:
+        b["labels"] = b["input_ids"].masked_fill(b["attention_mask"] == 0, -100)
+    return b
+
+
+@torch.no_grad()
+def held_out(model, examples, pad_id: int, all_tokens: bool, batch: int = 64) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(examples), batch):
+        b = batch_of(examples[i : i + batch], pad_id, all_tokens)
+        tokens = int((b["labels"][:, 1:] != -100).sum())
+        total += model(**b).loss.item() * tokens
+        count += tokens
+    model.train()
+    return total / count
+
+
+def run(config: dict, seed: int, data, steps: int, all_tokens: bool, batch: int = 16) -> dict:
+    train, held_out_rows, tokenizer = data
+    model = model_for(tokenizer, seed)
+    groups = group_parameters(model)
+    if "gen" in config:
+        opt = GeNAdamW(groups, replay_closure(model), lr=config["lr"], **config["gen"])
+    else:
+        opt = torch.optim.AdamW(groups, lr=config["lr"])
+    probes = [0]
+    hook = model.register_forward_pre_hook(lambda *_: probes.__setitem__(0, probes[0] + (not torch.is_grad_enabled())))
+    order = random.Random(seed)
+    started = time.perf_counter()
+    for _ in range(steps):
+        b = batch_of(order.sample(train, batch), tokenizer.pad_token_id, all_tokens)
+        opt.zero_grad()
+        model(**b).loss.backward()
+        opt.step()
+    seconds = time.perf_counter() - started
+    hook.remove()
+    loss = held_out(model, held_out_rows, tokenizer.pad_token_id, all_tokens)
+    appi = dict(opt.state["appi"]) if "gen" in config else {}
+    rounds = opt.state["gen"]["rounds"] if "gen" in config else 0
+    return dict(seconds=seconds, probes=probes[0], loss=loss if math.isfinite(loss) else math.inf, appi=appi, rounds=rounds)
+
+
+def sst2_taus(steps: int, seeds: list[int], quick: bool) -> None:
+    from .harness import select
+    from .table3_sst2 import DATA, SHARED, SST2
+
+    files = [SHARED / "train.tsv", SHARED / "dev.tsv"]
+    if quick or not all(f.exists() for f in files):
+        files = [DATA / "sst2_train.tsv", DATA / "sst2_dev.tsv"]
+    task = SST2(*files, quick)
+    print(f"\nSST-2, {'tiny random BERT' if quick else 'all-MiniLM-L6-v2 cut to 2 blocks'}, LoRA + everything, "
+          f"GeNAdamW from 1e-4, {steps} steps: APPI ranking, budget 0.1 against unlimited")
+    for seed in seeds:
+        budget = select(task, 2, seed, steps, steps, 1e-4)
+        unlimited = select(task, 2, seed, steps, steps, 1e-4, gen=dict(probe_budget=UNLIMITED))
+        print(f"- seed {seed}: Kendall tau {kendall_tau(budget.appi_end, unlimited.appi_end):.3f}; wall time "
+              f"{budget.seconds:.0f} s against {unlimited.seconds:.0f} s", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 1e-3, 1e-2])
+    parser.add_argument("--all_tokens", action="store_true", help="the loss on every token, not the reference's")
+    parser.add_argument("--sst2", action="store_true", help="also the APPI ranking on SST-2 (MiniLM, 2 blocks)")
+    parser.add_argument("--quick", action="store_true", help="40 steps, one seed, one start: mechanics only")
+    args = parser.parse_args()
+    if args.quick:
+        args.steps, args.seeds, args.lrs = 40, [0], [1e-3]
+    data = load()
+    todo = configs(args.lrs)
+    results: dict[str, list[dict]] = {name: [] for name in todo}
+    for seed in args.seeds:
+        for name, config in todo.items():
+            results[name].append(run(config, seed, data, args.steps, args.all_tokens))
+    adamw = statistics.fmean(r["seconds"] for r in results["adamw 1e-3"])
+    best = min((n for n in results if n.startswith("adamw")), key=lambda n: statistics.fmean(r["loss"] for r in results[n]))
+    best_loss = statistics.fmean(r["loss"] for r in results[best])
+    print(f"stability task, loss on {'every token' if args.all_tokens else 'the reference'}, {args.steps} steps, "
+          f"seeds {args.seeds}, warm-up included; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print("| config | wall time / AdamW | probe rounds | probe forwards / step | compute fraction | held-out loss "
+          "| / unlimited | APPI tau vs unlimited |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, runs in results.items():
+        loss = statistics.fmean(r["loss"] for r in runs)
+        forwards = statistics.fmean(r["probes"] for r in runs) / args.steps
+        start = name.rpartition("from ")[2]
+        twin = results.get(f"unlimited from {start}")
+        vs, tau = "", ""
+        if twin and twin is not runs and runs[0]["appi"]:
+            vs = f"{loss / statistics.fmean(r['loss'] for r in twin):.3f}"
+            tau = ", ".join(f"{kendall_tau(a['appi'], b['appi']):.2f}" for a, b in zip(runs, twin))
+        print(f"| {name} | {statistics.fmean(r['seconds'] for r in runs) / adamw:.3f} "
+              f"| {statistics.fmean(r['rounds'] for r in runs):.0f} | {forwards:.2f} | {forwards / STEP_FORWARDS:.3f} "
+              f"| {loss:.3f} | {vs} | {tau} |", flush=True)
+    print(f"best AdamW: {best} {best_loss:.3f}; each GeNAdamW run against it: " + ", ".join(
+        f"{n} {statistics.fmean(r['loss'] for r in runs) / best_loss:.3f}" for n, runs in results.items()
+        if not n.startswith("adamw")))
+    if args.sst2 or args.quick:
+        sst2_taus(16 if args.quick else 200, [0] if args.quick else [0, 1], args.quick)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,224 @@
+"""The shared harness of the real-model benchmarks: one task, many masks and optimizers, seeds.
+
+A ``Task`` knows its data and its model (pretrained, cut to its first ``blocks`` blocks for
+the small model of Algorithm 2), how to draw a training batch and how to score a model. The
+harness does the rest, the same way for every benchmark (``table3_sst2`` today):
+
+- ``select``: the paper's Part I. The model with LoRA components equipped and every parameter
+  trainable, GeNAdamW, APPI recorded; beside it, at no extra forward, the per-group gradient
+  score (mean squared gradient per parameter over the same steps: the Fisher-style score of
+  FISH-mask / SPEFT-like methods) so that a mask from it can be compared at the same budget.
+- ``train``: Part II. The model with LoRA equipped, only ``Run.groups`` trainable, trained by
+  ``Run.optimizer`` from ``Run.lr`` for the given steps; the data order depends on the seed
+  only, so that every mask and optimizer sees the same batches.
+- ``kendall_tau``, ``masks``, ``table``: rankings, the knapsack's sets and the paper's table.
+"""
+from __future__ import annotations
+
+import math
+import random
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from gen_optim import GeNAdamW, Mask, equip_lora, group_parameters
+from gen_optim.grouping import real_numel
+from gen_optim.mask import frontier, propose
+
+
+class Optimizer(str, Enum):
+    ADAMW = "AdamW"
+    GEN = "GeNAdamW"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One Part II run: the groups it trains (``None``: every group but LoRA's, full
+    fine-tuning), how, and with which seed."""
+
+    label: str
+    groups: tuple[str, ...] | None
+    optimizer: Optimizer
+    lr: float
+    seed: int
+
+
+@dataclass
+class Outcome:
+    run: Run
+    metric: float  # the task's score (higher is better)
+    eval_loss: float
+    train_loss: float  # mean over the last tenth of the steps
+    fraction: float  # trainable parameters / all parameters (LoRA's included)
+    seconds: float
+    rates: dict[str, float] = field(default_factory=dict)  # GeNAdamW's fitted rates at the end
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"run": asdict(self.run) | {"optimizer": self.run.optimizer.value}}
+
+
+class Task(Protocol):
+    name: str
+    metric_name: str
+    pretrained: bool
+
+    def model(self, blocks: int | None, seed: int) -> nn.Module:
+        """The model (a fresh head drawn with ``seed``), cut to its first ``blocks`` blocks."""
+
+    def batch(self, rng: random.Random) -> dict[str, torch.Tensor]:
+        """One training batch, drawn with ``rng``."""
+
+    def evaluate(self, model: nn.Module) -> tuple[float, float]:
+        """``(metric, loss)`` on the evaluation split."""
+
+
+FULL = "full"
+LORA_GROUPS = ("lora_A", "lora_B")
+
+
+def equipped(task: Task, blocks: int | None, seed: int, rank: int = 8) -> nn.Module:
+    torch.manual_seed(seed)
+    return equip_lora(task.model(blocks, seed), r=rank)
+
+
+def trainable(model: nn.Module, groups: tuple[str, ...] | None) -> float:
+    """Train ``groups`` only (``None``: all but LoRA's); returns the trainable fraction."""
+    names = {g["name"] for g in group_parameters(model, trainable_only=False)}
+    active = tuple(sorted(names - set(LORA_GROUPS))) if groups is None else groups
+    return Mask(active, 0.0, None, "given").apply(model)
+
+
+def train(task: Task, run: Run, steps: int, blocks: int | None = None, gen: dict[str, Any] | None = None,
+          log: Callable[[str], None] = print) -> Outcome:
+    """Part II: train ``run`` for ``steps`` and score it."""
+    model = equipped(task, blocks, run.seed)
+    fraction = trainable(model, run.groups)
+    groups = group_parameters(model)
+    batch: dict[str, torch.Tensor] = {}
+    if run.optimizer is Optimizer.GEN:
+        opt = GeNAdamW(groups, lambda: model(**batch).loss, lr=run.lr, **(gen or {}))
+    else:
+        opt = torch.optim.AdamW(groups, lr=run.lr, weight_decay=1e-2)
+    order = random.Random(run.seed)
+    losses = []
+    started = time.perf_counter()
+    model.train()
+    for _ in range(steps):
+        batch.clear()
+        batch.update(task.batch(order))
+        opt.zero_grad(set_to_none=True)
+        loss = model(**batch).loss
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    seconds = time.perf_counter() - started
+    metric, eval_loss = task.evaluate(model)
+    tail = losses[-max(1, steps // 10):]
+    rates = {g["name"]: float(GeNAdamW.rate(g)) for g in opt.param_groups} if run.optimizer is Optimizer.GEN else {}
+    outcome = Outcome(run, metric, eval_loss, statistics.fmean(tail), fraction, seconds, rates)
+    log(f"  {run.label:<22} {run.optimizer.value:<8} lr {run.lr:<7g} seed {run.seed}: {task.metric_name} "
+        f"{metric:.4f}, eval loss {eval_loss:.4f}, train loss {outcome.train_loss:.4f}, "
+        f"{100 * fraction:.3f}% trainable, {seconds:.0f} s")
+    return outcome
+
+
+@dataclass
+class Selection:
+    """What Part I recorded: APPI at the selection step and at the end, the gradient score,
+    how each group's fits were judged, and the group sizes."""
+
+    appi: dict[str, float]
+    appi_end: dict[str, float]
+    fisher: dict[str, float]
+    verdicts: dict[str, dict[str, int]]
+    sizes: dict[str, int]
+    seconds: float
+    seconds_at_select: float
+
+
+def select(task: Task, blocks: int | None, seed: int, steps: int, select_at: int, lr: float,
+           by: str = "category", gen: dict[str, Any] | None = None) -> Selection:
+    """Part I: everything trainable, LoRA equipped, GeNAdamW from ``lr``; APPI is read at
+    ``select_at`` (the paper's 10% of the horizon) and at ``steps``."""
+    model = equipped(task, blocks, seed)
+    groups = group_parameters(model, by=by)
+    batch: dict[str, torch.Tensor] = {}
+    opt = GeNAdamW(groups, lambda: model(**batch).loss, lr=lr, **(gen or {}))
+    squares = {g["name"]: 0.0 for g in groups}
+    fisher: dict[str, float] = {}
+    appi: dict[str, float] = {}
+    at_select = 0.0
+    verdicts: dict[str, dict[str, int]] = {g["name"]: {} for g in groups}
+    order = random.Random(seed)
+    started = time.perf_counter()
+    for step in range(steps):
+        batch.clear()
+        batch.update(task.batch(order))
+        opt.zero_grad(set_to_none=True)
+        model(**batch).loss.backward()
+        for g in groups:
+            squares[g["name"]] += sum(float(p.grad.pow(2).sum()) for p in g["params"] if p.grad is not None)
+        opt.step()
+        last = opt.last_round
+        if last is not None and last["step"] == step:
+            for name, entry in last["groups"].items():
+                verdicts[name][entry["verdict"]] = verdicts[name].get(entry["verdict"], 0) + 1
+        if step + 1 == select_at:
+            appi = dict(opt.state["appi"])
+            sizes = opt.group_sizes()
+            fisher = {k: squares[k] / select_at / sizes[k] for k in squares}
+            at_select = time.perf_counter() - started
+    return Selection(appi, dict(opt.state["appi"]), fisher, verdicts, opt.group_sizes(), time.perf_counter() - started,
+                     at_select)
+
+
+def masks(scores: dict[str, float], sizes: dict[str, int], eps: float) -> tuple[list[tuple[str, ...]], tuple[str, ...]]:
+    """The greedy chain's sets A_1..A_K of ``scores`` (APPI-like: value per parameter) and the
+    set chosen for budget ``eps``."""
+    chain = [p.groups for p in frontier(scores, sizes, "greedy")[1:]]
+    return chain, propose(scores, sizes, eps, "greedy").active
+
+
+def random_mask(sizes: dict[str, int], eps: float, seed: int) -> tuple[str, ...]:
+    """A uniformly drawn non-empty set of groups whose trainable fraction is at most ``eps``."""
+    names = list(sizes)
+    total = sum(sizes.values())
+    feasible = [tuple(n for k, n in enumerate(names) if bits >> k & 1) for bits in range(1, 2 ** len(names))]
+    feasible = [s for s in feasible if sum(sizes[n] for n in s) <= eps * total]
+    return random.Random(seed).choice(feasible)
+
+
+def kendall_tau(a: dict[str, float], b: dict[str, float]) -> float:
+    """Kendall's tau-b between two scorings of the same groups (ties count for neither)."""
+    names = sorted(a)
+    concordant = discordant = ties_a = ties_b = 0
+    for i, m in enumerate(names):
+        for n in names[i + 1:]:
+            sa, sb = math.copysign(1, a[m] - a[n]) if a[m] != a[n] else 0, math.copysign(1, b[m] - b[n]) if b[m] != b[n] else 0
+            ties_a += sa == 0
+            ties_b += sb == 0
+            concordant += sa * sb > 0
+            discordant += sa * sb < 0
+    pairs = len(names) * (len(names) - 1) // 2
+    denominator = math.sqrt((pairs - ties_a) * (pairs - ties_b))
+    return (concordant - discordant) / denominator if denominator else float("nan")
+
+
+def fraction_of(groups: Sequence[str], sizes: dict[str, int]) -> float:
+    return sum(sizes[g] for g in groups) / sum(sizes.values())
+
+
+def mean_std(values: Sequence[float]) -> str:
+    if len(values) == 1:
+        return f"{100 * values[0]:.2f}"
+    return f"{100 * statistics.fmean(values):.2f} +- {100 * statistics.stdev(values):.2f}"
+
+
+def size_of(model: nn.Module) -> int:
+    return sum(real_numel(p) for p in model.parameters())
