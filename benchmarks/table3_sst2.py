@@ -246,6 +246,10 @@ def main() -> None:
     # the selected sets over FULL_FRACTION (nearly full fine-tuning) last: the costliest, least telling
     light = {n: r for n, r in rows.items() if start_lr(r[0], sizes) == PEFT_LR}
     outcomes = {name: gen_runs(name, groups) for name, (groups, _) in light.items()}
+    for name, groups in HEURISTICS.items():  # AdamW's grid on seed 0 for every PEFT heuristic first
+        if groups is not None:
+            for lr in ADAMW_GRID["peft"]:
+                run_once(ledger, task, Run(name, groups, Optimizer.ADAMW, lr, 0), steps)
     tuned = {name: adamw_runs(name, groups) for name, groups in HEURISTICS.items() if groups is not None}
     outcomes["Full fine-tuning"] = gen_runs("Full fine-tuning", None)
     tuned["Full fine-tuning"] = adamw_runs("Full fine-tuning", None)
