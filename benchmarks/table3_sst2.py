@@ -42,7 +42,7 @@ from examples.sst2_trainer import DATA, read_tsv, wordpiece
 from gen_optim import CATEGORIES
 from gen_optim.rule import Verdict
 
-from .harness import Optimizer, Outcome, Run, fraction_of, kendall_tau, masks, mean_std, random_mask, select, train
+from .harness import Optimizer, Run, fraction_of, kendall_tau, masks, mean_std, random_mask, select, train
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst2"
 PEFT_LR, FULL_LR = 1e-3, 1e-4  # the paper's starting rates for GeNAdamW

@@ -4,7 +4,7 @@ import math
 import pytest
 
 from gen_optim.fit import Fit, Probes
-from gen_optim.rule import MAX_INTERVAL, SEARCH_STEP, STEP_FORWARDS, Action, Decision, RateRule, Schedule, Verdict
+from gen_optim.rule import MAX_INTERVAL, SEARCH_STEP, STEP_FORWARDS, Action, RateRule, Schedule, Verdict
 
 RULE = RateRule(probe_every=4, warmup=2, search=6, r2_min=0.99, smoothing=0.9, rate_clip=(0.5, 2.0))
 NAN = float("nan")
