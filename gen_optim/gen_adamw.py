@@ -18,7 +18,8 @@ of the first ``warmup`` steps when ``probe_every`` is given:
 2. ``L(eta) - L0 = -eta A + eta^2/2 B`` is fitted (see ``fit``); when ``A > 0``, ``B > 0`` and
    ``R^2 >= r2_min`` the group's rate moves towards ``A / B`` (clipped to ``rate_clip`` times
    the current rate, then smoothed: ``lr <- smoothing lr + (1 - smoothing) target``, with no
-   smoothing during warm-up) and ``PPI_k = A^2 / (B |w_k|)`` is added to ``APPI_k``; a clean
+   smoothing during warm-up) and ``PPI_k`` (``fit.ppi``: ``A^2 / (B |w_k|)``, capped at the
+   farthest probed step) is added to ``APPI_k``; a clean
    fit with ``A <= 0``, or during warm-up a rejected fit whose largest probe step raised the
    loss (*uphill*), moves it towards ``rate_clip[0]`` times itself instead; other rejected
    fits, and flat ones (no probe moved the loss beyond float32 rounding), leave it alone;
@@ -272,7 +273,8 @@ class GeNAdamW(torch.optim.Optimizer):
         self.closure = closure
         self._warned: set[str] = set()
         settings = dict(probe_every=probe_every, probe_budget=probe_budget,
-                        probe_scales=tuple(float(s) for s in probe_scales), r2_min=r2_min, smoothing=smoothing, rate_clip=tuple(rate_clip), joint=joint, warmup=warmup, search=search,
+                        probe_scales=tuple(float(s) for s in probe_scales), r2_min=r2_min, smoothing=smoothing,
+                        rate_clip=tuple(rate_clip), joint=joint, warmup=warmup, search=search,
                         probe_direction=probe_direction)
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, **options, **settings)
         super().__init__(params, defaults)
