@@ -12,16 +12,21 @@ harness does the rest, the same way for every benchmark (``table3_sst2`` today):
   ``Run.optimizer`` from ``Run.lr`` for the given steps; the data order depends on the seed
   only, so that every mask and optimizer sees the same batches.
 - ``kendall_tau``, ``masks``, ``table``: rankings, the knapsack's sets and the paper's table.
+- ``Ledger``: the runs done so far, one JSON line each, so that a long benchmark resumes.
+
+The optimizers (AdamW, GeNAdamW and the learning-rate-free peers) and schedules are in
+``benchmarks.optimizers``.
 """
 from __future__ import annotations
 
+import json
 import math
 import random
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from enum import Enum
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -31,10 +36,10 @@ from gen_optim import GeNAdamW, Mask, equip_lora, group_parameters
 from gen_optim.grouping import real_numel
 from gen_optim.mask import frontier, propose
 
+from .common import HeapPeak, heap_in_use
+from .optimizers import Optimizer, Schedule, build, probe_stream
 
-class Optimizer(str, Enum):
-    ADAMW = "AdamW"
-    GEN = "GeNAdamW"
+CURVE_POINTS = 20  # the training-loss curve an outcome keeps: means over this many equal spans
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,7 @@ class Run:
     optimizer: Optimizer
     lr: float
     seed: int
+    schedule: Schedule = Schedule.CONSTANT
 
 
 @dataclass
@@ -57,10 +63,14 @@ class Outcome:
     train_loss: float  # mean over the last tenth of the steps
     fraction: float  # trainable parameters / all parameters (LoRA's included)
     seconds: float
-    rates: dict[str, float] = field(default_factory=dict)  # GeNAdamW's fitted rates at the end
+    rates: dict[str, float] = field(default_factory=dict)  # fitted rates at the end (GeNAdamW, GeN's reference)
+    peak_mib: float = 0.0  # peak heap above the built model's during training (benchmarks.common.HeapPeak)
+    curve: list[float] = field(default_factory=list)  # mean training loss over CURVE_POINTS equal spans
+    rounds: list[dict[str, Any]] = field(default_factory=list)  # GeNAdamW's probe rounds: rate, verdict, action
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"run": asdict(self.run) | {"optimizer": self.run.optimizer.value}}
+        return asdict(self) | {"run": asdict(self.run) | {"optimizer": self.run.optimizer.value,
+                                                          "schedule": self.run.schedule.value}}
 
 
 class Task(Protocol):
@@ -101,31 +111,40 @@ def train(task: Task, run: Run, steps: int, blocks: int | None = None, gen: dict
     fraction = trainable(model, run.groups)
     groups = group_parameters(model)
     batch: dict[str, torch.Tensor] = {}
-    if run.optimizer is Optimizer.GEN:
-        opt = GeNAdamW(groups, lambda: model(**batch).loss, lr=run.lr, **(gen or {}))
-    else:
-        opt = torch.optim.AdamW(groups, lr=run.lr, weight_decay=1e-2)
+    base = heap_in_use()
+    driver = build(run.optimizer, groups, run.lr, model, batch, steps, run.schedule,
+                   probe_stream(task.batch, run.seed), gen)
     order = random.Random(run.seed)
     losses = []
     started = time.perf_counter()
     model.train()
-    for _ in range(steps):
-        batch.clear()
-        batch.update(task.batch(order))
-        opt.zero_grad(set_to_none=True)
-        loss = model(**batch).loss
-        loss.backward()
-        opt.step()
-        losses.append(float(loss))
+    driver.training()
+    with HeapPeak() as heap:
+        for step in range(steps):
+            batch.clear()
+            batch.update(task.batch(order))
+            driver.opt.zero_grad(set_to_none=True)
+            loss = model(**batch).loss
+            loss.backward()
+            driver.step(step)
+            losses.append(float(loss.detach()))
     seconds = time.perf_counter() - started
+    driver.evaluating()
     metric, eval_loss = task.evaluate(model)
     tail = losses[-max(1, steps // 10):]
-    rates = {g["name"]: float(GeNAdamW.rate(g)) for g in opt.param_groups} if run.optimizer is Optimizer.GEN else {}
-    outcome = Outcome(run, metric, eval_loss, statistics.fmean(tail), fraction, seconds, rates)
-    log(f"  {run.label:<22} {run.optimizer.value:<8} lr {run.lr:<7g} seed {run.seed}: {task.metric_name} "
-        f"{metric:.4f}, eval loss {eval_loss:.4f}, train loss {outcome.train_loss:.4f}, "
-        f"{100 * fraction:.3f}% trainable, {seconds:.0f} s")
+    outcome = Outcome(run, metric, eval_loss, statistics.fmean(tail), fraction, seconds, driver.rates(),
+                      (heap.peak - base) / 2**20, curve(losses), driver.rounds())
+    log(f"  {run.label:<22} {run.optimizer.value:<8} {run.schedule.value} lr {run.lr:<7g} seed {run.seed}: "
+        f"{task.metric_name} {metric:.4f}, eval loss {eval_loss:.4f}, train loss {outcome.train_loss:.4f}, "
+        f"{100 * fraction:.3f}% trainable, {seconds:.0f} s, peak {outcome.peak_mib:.0f} MiB")
     return outcome
+
+
+def curve(losses: Sequence[float], points: int = CURVE_POINTS) -> list[float]:
+    """The mean of ``losses`` over ``points`` consecutive spans of (nearly) equal length."""
+    points = min(points, len(losses))
+    bounds = [round(k * len(losses) / points) for k in range(points + 1)]
+    return [statistics.fmean(losses[a:b]) for a, b in zip(bounds, bounds[1:])]
 
 
 @dataclass
@@ -222,3 +241,21 @@ def mean_std(values: Sequence[float]) -> str:
 
 def size_of(model: nn.Module) -> int:
     return sum(real_numel(p) for p in model.parameters())
+
+
+class Ledger:
+    """The runs done so far, one JSON line each in ``path``; a rerun skips them."""
+
+    def __init__(self, path: Path, report_only: bool = False):
+        self.path, self.report_only = path, report_only
+        self.rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def find(self, key: dict) -> dict | None:
+        return next((r for r in self.rows if r["key"] == key), None)
+
+    def add(self, key: dict, value: dict) -> dict:
+        row = {"key": key, **value}
+        self.rows.append(row)
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        return row

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import random
 import statistics
 import tempfile
@@ -42,7 +41,7 @@ from examples.sst2_trainer import DATA, read_tsv, wordpiece
 from gen_optim import CATEGORIES
 from gen_optim.rule import Verdict
 
-from .harness import Optimizer, Run, fraction_of, kendall_tau, masks, mean_std, random_mask, select, train
+from .harness import Ledger, Optimizer, Run, fraction_of, kendall_tau, masks, mean_std, random_mask, select, train
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst2"
 PEFT_LR, FULL_LR = 1e-3, 1e-4  # the paper's starting rates for GeNAdamW
@@ -120,24 +119,6 @@ def start_lr(groups: tuple[str, ...] | None, sizes: dict[str, int]) -> float:
     if groups is None:
         return FULL_LR
     return FULL_LR if fraction_of(groups, sizes) > FULL_FRACTION else PEFT_LR
-
-
-class Ledger:
-    """The runs done so far, one JSON line each in ``path``; a rerun skips them."""
-
-    def __init__(self, path: Path, report_only: bool = False):
-        self.path, self.report_only = path, report_only
-        self.rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-    def find(self, key: dict) -> dict | None:
-        return next((r for r in self.rows if r["key"] == key), None)
-
-    def add(self, key: dict, value: dict) -> dict:
-        row = {"key": key, **value}
-        self.rows.append(row)
-        with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        return row
 
 
 def run_once(ledger: Ledger, task: SST2, run: Run, steps: int) -> dict | None:

@@ -4,7 +4,7 @@ each group's influence (PPI/APPI) for AdaPEFT's subset selection.
 A *probe round* runs before the update for the groups that are due: by default as often as
 ``probe_budget`` allows (after warm-up, probes cost at most that fraction of the training
 compute, counted in forwards; see ``rule.Schedule``), or every ``probe_every`` steps and at each
-of the first ``warmup`` steps when ``probe_every`` is given:
+of the first ``ceil(1 / (1 - beta1)) + warmup`` steps when ``probe_every`` is given:
 
 0. in each group's first round, a backtracking line search (``search`` re-probes at most) lowers
    each rate that is too high for one fit to correct: a poor fit (the probes left the
@@ -19,10 +19,13 @@ of the first ``warmup`` steps when ``probe_every`` is given:
    ``R^2 >= r2_min`` the group's rate moves towards ``A / B`` (clipped to ``rate_clip`` times
    the current rate, then smoothed: ``lr <- smoothing lr + (1 - smoothing) target``, with no
    smoothing during warm-up) and ``PPI_k`` (``fit.ppi``: ``A^2 / (B |w_k|)``, capped at the
-   farthest probed step) is added to ``APPI_k``; a clean
-   fit with ``A <= 0``, or during warm-up a rejected fit whose largest probe step raised the
-   loss (*uphill*), moves it towards ``rate_clip[0]`` times itself instead; other rejected
-   fits, and flat ones (no probe moved the loss beyond float32 rounding), leave it alone;
+   farthest probed step) is added to ``APPI_k``. A fit may *raise* a rate only once AdamW's
+   moments are past their transient (``ceil(1 / (1 - beta1))`` steps) and the group's
+   *descent tally* (its recent clean fits that descended, minus those that climbed) is
+   clearly positive; else it holds the rate. A clean fit with ``A <= 0`` when the tally is
+   not positive, or during warm-up a descending fit whose largest probe step raised the loss
+   (*uphill*), moves it towards ``rate_clip[0]`` times itself; other rejected fits, and flat
+   ones (no probe moved the loss beyond float32 rounding), leave it alone (see ``rule``);
 3. with ``joint=True``, after the update the loss is evaluated once more at the new weights;
    with the slope ``G'delta = -sum_k lr_k A_k`` this fits the loss along the combined step
    ``delta``, and when the combined step passed its optimum ``c* < 1`` every fitted rate is
@@ -58,7 +61,7 @@ from .probe import (
     probe_group,
     rng_devices,
 )
-from .rule import RateRule, Schedule, Verdict
+from .rule import RateRule, Schedule, Standing, Verdict
 
 HISTORY_ROUNDS = 256  # probe records kept in the state; older ones are thinned to every other one
 
@@ -224,8 +227,9 @@ class GeNAdamW(torch.optim.Optimizer):
         smoothing: weight of the old rate in ``lr <- smoothing lr + (1 - smoothing) target``.
         rate_clip: ``(lo, hi)``: one fit's target lies within ``[lo, hi]`` times the rate.
         joint: scale the rates down when the combined step of all groups passes its optimum.
-        warmup: the first steps that all probe (fixed interval), or each group's most rounds before
-            its rate settles (budget); unsmoothed, shrinking rates without a clean fit.
+        warmup: the steps that all probe after the moments' transient (``ceil(1 / (1 - beta1))``
+            steps, where no rate grows) with a fixed interval, or each group's most rounds after
+            it before its rate settles (budget); unsmoothed, shrinking uphill rates.
         search: re-probes per group in its first round's line search (0: none).
         probe_direction: ``"previous"`` (the last update's direction) or ``"current"``.
         foreach, maximize, capturable, differentiable, fused: as ``torch.optim.AdamW``
@@ -298,6 +302,7 @@ class GeNAdamW(torch.optim.Optimizer):
         group.setdefault("gen_lr", float(group["lr"]))
         group.setdefault("gen_base_lr", float(group["lr"]))
         group.setdefault("gen_rounds", 0)
+        group.setdefault("gen_descent", 0.0)
         RateRule.of(group).first_schedule().store(group)
         self.state.setdefault("appi", {})[name] = 0.0
 
@@ -332,6 +337,7 @@ class GeNAdamW(torch.optim.Optimizer):
             group.setdefault("gen_lr", float(group["lr"]))
             group.setdefault("gen_base_lr", float(group["lr"]))
             group.setdefault("gen_rounds", sum(group["name"] in r["groups"] for r in self.state["gen"]["history"]))
+            group.setdefault("gen_descent", 0.0)
             if any(k not in group for k in Schedule.KEYS):  # from 0.1.0 or AdamW: warm-up only if not done
                 RateRule.of(group).first_schedule(group["gen_rounds"]).store(group)
             appi.setdefault(group["name"], 0.0)
@@ -537,18 +543,23 @@ class GeNAdamW(torch.optim.Optimizer):
             fit = self._fit(group, probes, found)
             rule = RateRule.of(group)
             schedule = Schedule.of(group)
-            decision = rule.decide(fit, group["gen_lr"], rule.warming(step, schedule))
+            held = rule.held(int(w.steps[0]) if w.steps else 0)
+            if not held:
+                group["gen_descent"] = rule.tally(group["gen_descent"], fit)
+            standing = Standing(rule.warming(step, schedule), held, group["gen_descent"])
+            decision = rule.decide(fit, group["gen_lr"], standing)
             if decision.verdict is Verdict.NONFINITE:
                 self._warn_once("nonfinite", "the probe closure returned NaN or inf; the affected fits are rejected")
             entry = {"A": fit.A, "B": fit.B, "r2": fit.r2, "ppi": 0.0, "accepted": decision.accepted,
-                     "verdict": decision.verdict.value, "action": decision.action.value, "reason": decision.reason}
+                     "verdict": decision.verdict.value, "action": decision.action.value, "reason": decision.reason,
+                     "descent": group["gen_descent"]}
             if decision.accepted:
                 entry["ppi"] = ppi(fit, sum(real_numel(p) for p in group["params"]))
                 self.state["appi"][group["name"]] += entry["ppi"]
             old_rate, group["gen_lr"] = group["gen_lr"], decision.rate
             group["gen_rounds"] += 1
             if rule.budgeted:
-                rule.after_round(schedule, step, group["gen_rounds"], fit, decision, old_rate).store(group)
+                rule.after_round(schedule, step, group["gen_rounds"], fit, decision, old_rate, held).store(group)
             entry["lr"] = float(self.rate(group))
             record["groups"][group["name"]] = entry
         return record

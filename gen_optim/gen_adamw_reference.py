@@ -8,6 +8,8 @@ closed forms and ``torch.optim.AdamW``.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -26,8 +28,13 @@ class GeNAdamWReference(torch.optim.Optimizer):
             group.setdefault("name", f"group{i}")
             group["gen_lr"] = group["base_lr"] = group["lr"]  # the fitted rate; a scheduler scales it
             group["rounds"] = 0
+            group["descent"] = 0.0  # the decayed count of clean fits that descended, minus those that climbed
+            # Adam's moments follow the newest gradients for their first ceil(1 / (1 - beta1)) steps:
+            # no rate grows then, and warm-up's rounds come after
+            group["moment_steps"] = math.ceil(1 / (1 - group["betas"][0]) - 1e-9)
+            group["warmup_rounds"] = group["moment_steps"] + group["warmup"] if group["warmup"] else 0
             # the budget's schedule: forwards it may spend, when it is next due, how often, warm-up over
-            group["credit"] = (group["warmup"] + group["search"]) * (len(group["probe_scales"]) + 1.0)
+            group["credit"] = (group["warmup_rounds"] + group["search"]) * (len(group["probe_scales"]) + 1.0)
             group["next"], group["interval"], group["settled"] = 0, 1, group["warmup"] == 0
             self.appi[group["name"]] = 0.0
 
@@ -100,7 +107,7 @@ class GeNAdamWReference(torch.optim.Optimizer):
             g["credit"] += g["probe_budget"] * 3.0 / len(budgeted)
         active = [(g, params) for g, params in with_grads
                   if ((g["credit"] >= -1e-9 and self.t >= g["next"]) if g["probe_every"] is None
-                      else (self.t < g["warmup"] or self.t % g["probe_every"] == 0))]
+                      else (self.t < g["warmup_rounds"] or self.t % g["probe_every"] == 0))]
         fits = {}
         if active:
             unsearched = [(g, params) for g, params in active if g["rounds"] == 0 and g["search"] > 0]
@@ -111,12 +118,16 @@ class GeNAdamWReference(torch.optim.Optimizer):
                 group["credit"] -= 1 / len(active)
                 group["rounds"] += 1
                 lo, hi = group["rate_clip"]
-                warming = not group["settled"] if group["probe_every"] is None else self.t < group["warmup"]
+                warming = not group["settled"] if group["probe_every"] is None else self.t < group["warmup_rounds"]
+                held = self.state[params[0]].get("step", 0) < group["moment_steps"]
                 smoothing = 0.0 if warming else group["smoothing"]
                 old = group["gen_lr"]
                 fit = self.fit(group, params, loss0)
                 fits[group["name"]] = 0.0 if fit is None else fit[0]
                 A, B, r2, uphill = (0.0, 0.0, 0.0, False) if fit is None else fit
+                clean = fit is not None and np.isfinite([A, B, r2]).all() and r2 >= group["r2_min"]
+                if clean and not held:
+                    group["descent"] = 0.9 * group["descent"] + (1.0 if A > 0 else -1.0)
                 accepted = A > 0 and B > 0 and r2 >= group["r2_min"]
                 shrunk = False
                 if accepted:
@@ -124,12 +135,18 @@ class GeNAdamWReference(torch.optim.Optimizer):
                     self.appi[group["name"]] += 2 * (A * step - B * step**2 / 2) / sum(p.numel() for p in group["params"])
                     target = min(max(A / B, lo * group["gen_lr"]), hi * group["gen_lr"])
                     group["gen_lr"] = smoothing * group["gen_lr"] + (1 - smoothing) * target
-                elif fit is not None and ((A <= 0 and r2 >= group["r2_min"]) or (warming and uphill)):
+                    # a fit may raise the rate only past the moments' transient, when the direction has
+                    # clearly descended lately (a tally one standard deviation of a fair coin's above 0)
+                    if held or group["descent"] < (1 / (1 - 0.9**2)) ** 0.5:
+                        group["gen_lr"] = min(group["gen_lr"], old)
+                elif fit is not None and (
+                        (A <= 0 and r2 >= group["r2_min"] and (held or group["descent"] <= -(1 / (1 - 0.9**2)) ** 0.5))  # clearly climbing
+                        or (warming and uphill and not A <= 0)):  # overshooting (NaN probes too) in warm-up
                     group["gen_lr"] = smoothing * group["gen_lr"] + (1 - smoothing) * lo * group["gen_lr"]
                     shrunk = True
                 if group["probe_every"] is None:  # the budget's schedule after this round
-                    settled = group["settled"] or group["rounds"] >= group["warmup"] or (
-                        accepted and lo * old <= A / B <= hi * old)
+                    settled = group["settled"] or group["rounds"] >= group["warmup_rounds"] or (
+                        not held and accepted and lo * old <= A / B <= hi * old)
                     if settled and not group["settled"]:
                         group["credit"] = min(group["credit"], 0.0)  # warm-up's unspent credit is dropped
                     moved = shrunk or not 1 / 1.05 < group["gen_lr"] / old < 1.05

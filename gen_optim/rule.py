@@ -16,13 +16,33 @@ settings (``RateRule``), a ``Fit`` and the group's fitted rate; nothing here tou
   step when it moves.
 - ``judge``: a fit may set the rate only when it is finite, not flat, a descent direction
   (``A > 0``), convex (``B > 0``) and clean (``R^2 >= r2_min``): the ``Verdict``.
+- ``held``: while a group's AdamW moments have seen fewer than ``moment_steps(beta1)`` =
+  ``ceil(1 / (1 - beta1))`` gradients (10 at the default betas), no fit may *raise* its rate.
+  In that transient the step is dominated by the newest gradients (the current one weighs
+  100%, 53%, 37%, ... of the bias-corrected first moment) and differs from the previous
+  direction the probes measured: on MiniLM at 1e-3, step 2, the bulk weights' fit keeps their
+  rate while the step at it raises the next batch's loss by 0.77 (benchmarks/transient.py).
+  Rates may still shrink then (a clean climb shrinks them, as an uphill fit does), and
+  warm-up's rounds start counting after it.
+- ``tally``: each group keeps a *descent tally*, the decayed count (``DESCENT_MEMORY``) of its
+  clean fits after the transient that descended (+1, ``A > 0``) minus those that climbed
+  (-1). ``A`` is the slope of the current batch's loss along the previous update, a test of
+  whether the steps still make progress on fresh data (Pflug's test); on a small batch its
+  sign is noisy.
 - ``decide``: an accepted fit moves the rate towards ``A / B``, clipped to ``rate_clip`` times
-  the rate and smoothed (``smoothing``; none in warm-up). Without one, the rate *shrinks*
-  (by ``rate_clip[0]``) when the fit is a clean climb (``A <= 0`` with ``R^2 >= r2_min``),
-  and during warm-up also when the fit is *uphill* (the probe at the largest step raised the
-  loss: the rate overshoots); otherwise it is kept. A noisy or concave fit whose probes all
-  lowered the loss says nothing against the rate: shrinking on it collapsed small and sparse
-  groups' rates (embed 5e-5 -> 1.6e-6 in 10 warm-up steps, benchmarks/RESULTS.md).
+  the rate and smoothed (``smoothing``; none in warm-up); it may *raise* the rate only when the
+  moments are past their transient and the tally is at least ``CLEAR_TALLY`` (the direction
+  has clearly descended lately), else it holds it. A single batch's fit says "the optimum is
+  twice as far" as often as the next one says "we overshot": growing on every accepted fit
+  drove MiniLM's norm and bias rates from 1e-3 to 4e-2 and 7e-2 in 10 rounds, and the model to
+  chance. Without an accepted fit, the rate *shrinks* (by ``rate_clip[0]``) when the fit is a
+  clean climb and the tally says the direction has clearly climbed lately (``tally <=
+  -CLEAR_TALLY``; in the transient, always), and during warm-up also when a descending fit is
+  *uphill* (the probe at the largest step raised the loss: the rate overshoots); otherwise it
+  is kept. Shrinking on every clean climb halved rates on batch
+  noise alone (MiniLM's head 8e-4 -> 6e-6 in 7 rounds), and a noisy or concave fit whose
+  probes all lowered the loss says nothing against the rate (embed 5e-5 -> 1.6e-6 in 10
+  warm-up steps on GPT-2, benchmarks/RESULTS.md).
 - ``search``: in a group's first round, a poor fit divides the rate by ``SEARCH_STEP`` and a
   clean convex fit whose minimum lies below ``rate_clip[0]`` times the rate moves it there (by
   ``SEARCH_STEP`` at most); the group is then probed again, ``search`` times at most.
@@ -33,6 +53,7 @@ floor; the benchmarks measured them together (benchmarks/RESULTS.md), so they st
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -46,6 +67,17 @@ STEP_FORWARDS = 3.0  # a training step's cost in no-grad forwards of its batch (
 STEADY = 1.05  # a round that moves a rate by less than this factor (either way) leaves it steady
 MAX_INTERVAL = 256  # the longest a steady group's interval grows, in steps
 CREDIT_SLACK = 1e-9  # forwards: credit this close below 0 counts as 0 (the sums of shares round)
+DESCENT_MEMORY = 0.9  # weight of the past in a group's descent tally (about its last 10 clean fits)
+# a tally this far from 0 is clear: one standard deviation of the tally of a direction that
+# descends half the time (+: about 60% of the recent fits descended; -: about 40%). A fit may
+# raise a rate only at +CLEAR_TALLY or more, a climb shrinks it only at -CLEAR_TALLY or less.
+CLEAR_TALLY = math.sqrt(1.0 / (1.0 - DESCENT_MEMORY**2))
+
+
+def moment_steps(beta1: float) -> int:
+    """Gradients AdamW's first moment needs before it averages rather than follows the newest
+    ones: ``ceil(1 / (1 - beta1))``."""
+    return math.ceil(1.0 / (1.0 - beta1) - 1e-9)
 
 
 class Verdict(str, Enum):
@@ -65,6 +97,18 @@ class Action(str, Enum):
     FIT = "fit"  # towards A / B
     SHRINK = "shrink"  # by rate_clip[0]
     KEEP = "keep"
+    HOLD = "hold"  # an accepted fit that would raise the rate while growth is not allowed
+
+
+@dataclass(frozen=True)
+class Standing:
+    """Where a group stands when a fit is decided: ``warming`` (in warm-up: unsmoothed moves,
+    uphill fits shrink), ``held`` (its moments are in their transient: no rate may grow) and
+    ``descent`` (its descent tally, this fit counted unless ``held``)."""
+
+    warming: bool
+    held: bool = False
+    descent: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -120,12 +164,14 @@ class RateRule:
     rate_clip: tuple[float, float]
     probe_budget: float = 0.1
     n_probes: int = 4  # len(probe_scales)
+    moment_steps: int = 10  # moment_steps(beta1)
 
     @classmethod
     def of(cls, group: dict[str, Any]) -> RateRule:
         """The rule of a GeNAdamW param group."""
         return cls(group["probe_every"], group["warmup"], group["search"], group["r2_min"], group["smoothing"],
-                   tuple(group["rate_clip"]), group["probe_budget"], len(group["probe_scales"]))
+                   tuple(group["rate_clip"]), group["probe_budget"], len(group["probe_scales"]),
+                   moment_steps(group["betas"][0]))
 
     @property
     def budgeted(self) -> bool:
@@ -136,31 +182,37 @@ class RateRule:
     def probing(self) -> bool:
         return self.budgeted or self.probe_every > 0
 
+    @property
+    def warmup_rounds(self) -> int:
+        """The most rounds a group's warm-up lasts: the moments' transient, then ``warmup``."""
+        return self.moment_steps + self.warmup if self.warmup else 0
+
     def first_schedule(self, rounds: int = 0) -> Schedule:
         """A group's schedule when it has had ``rounds`` rounds: due at once, with the credit
-        of its warm-up (``warmup`` rounds and the first round's ``search`` re-probes) while that
-        is still to come."""
+        of its warm-up (``warmup_rounds`` rounds and the first round's ``search`` re-probes)
+        while that is still to come."""
         if rounds == 0:
             return Schedule(self.warmup_credit, 0, 1, self.warmup == 0)
-        settled = rounds >= self.warmup
+        settled = rounds >= self.warmup_rounds
         return Schedule(0.0 if settled else self.warmup_credit, 0, 1, settled)
 
     @property
     def warmup_credit(self) -> float:
-        """Forwards a group may spend before its warm-up ends: ``warmup`` rounds and ``search``
-        re-probes, each its probes and one ``L0``."""
-        return (self.warmup + self.search) * (self.n_probes + 1.0)
+        """Forwards a group may spend before its warm-up ends: ``warmup_rounds`` rounds and
+        ``search`` re-probes, each its probes and one ``L0``."""
+        return (self.warmup_rounds + self.search) * (self.n_probes + 1.0)
 
     def earned(self, groups: int) -> float:
         """The credit one training step earns each of ``groups`` probed groups."""
         return self.probe_budget * STEP_FORWARDS / max(groups, 1)
 
     def after_round(self, schedule: Schedule, step: int, rounds: int, fit: Fit, decision: Decision,
-                    old_rate: float) -> Schedule:
-        """The schedule after the group's ``rounds``-th round (counting this one) at ``step``."""
+                    old_rate: float, held: bool = False) -> Schedule:
+        """The schedule after the group's ``rounds``-th round (counting this one) at ``step``;
+        ``held``: its moments are still in their transient (its warm-up cannot end yet)."""
         lo, hi = self.rate_clip
-        settled = schedule.settled or rounds >= self.warmup or (
-            decision.accepted and lo * old_rate <= fit.rate <= hi * old_rate)
+        settled = schedule.settled or rounds >= self.warmup_rounds or (
+            not held and decision.accepted and lo * old_rate <= fit.rate <= hi * old_rate)
         credit = min(schedule.credit, 0.0) if settled and not schedule.settled else schedule.credit
         moved = decision.action is Action.SHRINK or not (1 / STEADY < decision.rate / old_rate < STEADY)
         interval = 1 if not settled or moved else min(2 * schedule.interval, MAX_INTERVAL)
@@ -180,12 +232,24 @@ class RateRule:
         """Whether the group is probed at ``step`` (under the budget, by its ``schedule``)."""
         if self.budgeted:
             return schedule.credit >= -CREDIT_SLACK and step >= schedule.next_step
-        return self.probe_every > 0 and (step < self.warmup or step % self.probe_every == 0)
+        return self.probe_every > 0 and (step < self.warmup_rounds or step % self.probe_every == 0)
 
     def warming(self, step: int, schedule: Schedule | None = None) -> bool:
-        """Whether the group is in warm-up: its first ``warmup`` steps, or under the budget
-        until its schedule has settled."""
-        return not schedule.settled if self.budgeted else step < self.warmup
+        """Whether the group is in warm-up: its first ``warmup_rounds`` steps, or under the
+        budget until its schedule has settled."""
+        return not schedule.settled if self.budgeted else step < self.warmup_rounds
+
+    def held(self, moment_count: int) -> bool:
+        """Whether a group whose moments have seen ``moment_count`` gradients is in their
+        transient, where no fit may raise its rate."""
+        return moment_count < self.moment_steps
+
+    def tally(self, descent: float, fit: Fit) -> float:
+        """The descent tally after ``fit``: clean fits count +1 when they descend, -1 when they
+        climb; the others leave it."""
+        if not np.isfinite([fit.A, fit.B, fit.r2]).all() or fit.flat or fit.r2 < self.r2_min:
+            return descent
+        return DESCENT_MEMORY * descent + (1.0 if fit.A > 0 else -1.0)
 
     def judge(self, fit: Fit) -> Verdict:
         if not np.isfinite([fit.A, fit.B, fit.r2]).all():
@@ -200,15 +264,26 @@ class RateRule:
             return Verdict.POOR
         return Verdict.ACCEPTED
 
-    def decide(self, fit: Fit, rate: float, warming: bool) -> Decision:
-        """Where one round's fit moves the fitted ``rate`` (``warming``: in warm-up)."""
+    def decide(self, fit: Fit, rate: float, standing: Standing) -> Decision:
+        """Where one round's fit moves the fitted ``rate``, the group standing as it does."""
         verdict = self.judge(fit)
+        warming = standing.warming
         detail = f" (R^2 {fit.r2:.4f} < {self.r2_min})" if verdict is Verdict.POOR else ""
+        shrunk = self._towards(0.0, rate, warming)
         if verdict is Verdict.ACCEPTED:
-            return Decision(verdict, Action.FIT, self._towards(fit.rate, rate, warming))
-        clean_climb = fit.A <= 0 and fit.r2 >= self.r2_min
-        if not fit.flat and (clean_climb or (warming and fit.uphill)):  # NaN fits count as uphill
-            return Decision(verdict, Action.SHRINK, self._towards(0.0, rate, warming), detail)
+            target = self._towards(fit.rate, rate, warming)
+            if target > rate and (standing.held or standing.descent < CLEAR_TALLY):
+                return Decision(verdict, Action.HOLD, rate)
+            return Decision(verdict, Action.FIT, target)
+        if verdict is Verdict.NONFINITE:  # a probe overflowed: the rate overshoots (in warm-up)
+            return Decision(verdict, Action.SHRINK, shrunk) if warming else Decision(verdict, Action.KEEP, rate)
+        if verdict is Verdict.CLIMB:
+            if fit.r2 >= self.r2_min and (standing.held or standing.descent <= -CLEAR_TALLY):
+                why = " (in the moments' transient)" if standing.held else " (it has clearly climbed lately)"
+                return Decision(verdict, Action.SHRINK, shrunk, why)
+            return Decision(verdict, Action.KEEP, rate, detail)
+        if warming and fit.uphill:
+            return Decision(verdict, Action.SHRINK, shrunk, detail)
         return Decision(verdict, Action.KEEP, rate, detail)
 
     def _towards(self, target: float, rate: float, warming: bool) -> float:

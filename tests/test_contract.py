@@ -166,7 +166,8 @@ def schedulers(opt):
         "CosineAnnealingLR": lambda: s.CosineAnnealingLR(opt, T_max=8),
         "CosineAnnealingWarmRestarts": lambda: s.CosineAnnealingWarmRestarts(opt, T_0=3),
         "CyclicLR": lambda: s.CyclicLR(opt, base_lr=1e-3, max_lr=1e-2, step_size_up=2, cycle_momentum=False),
-        "OneCycleLR": lambda: s.OneCycleLR(opt, max_lr=1e-2, total_steps=10, cycle_momentum=True),
+        "OneCycleLR": lambda: s.OneCycleLR(opt, max_lr=1e-2, total_steps=10, cycle_momentum=True, base_momentum=0.4,
+                                           max_momentum=0.5),  # beta1 <= 0.5: a transient of 2 steps
         "SequentialLR": lambda: s.SequentialLR(
             opt, [s.LinearLR(opt, start_factor=0.1, total_iters=2), s.ExponentialLR(opt, 0.9)], milestones=[2]),
         "ChainedScheduler": lambda: s.ChainedScheduler([s.ExponentialLR(opt, 0.9), s.StepLR(opt, 3, gamma=0.5)]),
@@ -179,7 +180,8 @@ def schedulers(opt):
 def test_every_scheduler(kind, name):
     """Probing off: AdamW bit for bit under the scheduler. On: the scheduler scales the fitted rate."""
     params, twin = make_params(), make_params()
-    opt, control = make(kind, params), torch.optim.AdamW(twin, lr=1e-2)
+    # beta1 0.5: the moments' transient (no rate grows) is 2 steps, so the fitted rate moves within 8
+    opt, control = make(kind, params, betas=(0.5, 0.999)), torch.optim.AdamW(twin, lr=1e-2, betas=(0.5, 0.999))
     scheds = [schedulers(o)[name]() for o in (opt, control)]
     for _ in range(8):
         for o, ps, sched in ((opt, params, scheds[0]), (control, twin, scheds[1])):
@@ -540,7 +542,8 @@ def test_checkpoint_saved_by_0_1_0_loads():
         opt.zero_grad()
         F.mse_loss(model(tokens), target).backward()
         opt.step()
-    assert gen["step"] == 8 and gen["rounds"] == 5
+    # steps 6 and 7 both probe: warm-up is the moments' 10 steps (beta1 0.9), then warmup=2
+    assert gen["step"] == 8 and gen["rounds"] == 6
 
 
 def test_checkpoint_saved_by_0_1_0_resumes_under_the_budget_past_warm_up():
@@ -557,7 +560,9 @@ def test_checkpoint_saved_by_0_1_0_resumes_under_the_budget_past_warm_up():
     saved = torch.load(Path(__file__).with_name("data") / "gen_adamw_0.1.0.pt")
     model = Net()
     tokens, target = make_data()
-    for warmup, settled in ((2, True), (10, False)):
+    for group in saved["optimizer"]["param_groups"]:
+        group["betas"] = (0.5, 0.999)  # the moments' transient is 2 steps: warm-up's rounds are 2 + warmup
+    for warmup, settled in ((2, True), (10, False)):  # its groups had 4 rounds
         opt = GeNAdamW(group_parameters(model), lambda: F.mse_loss(model(tokens), target), lr=1e-2, warmup=warmup)
         opt.load_state_dict(saved["optimizer"])
         schedules = [Schedule.of(g) for g in opt.param_groups]

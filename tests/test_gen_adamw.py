@@ -226,9 +226,33 @@ def test_flat_fit_leaves_the_rate_alone():
     record = opt.history[0]["groups"]
     assert record["lora_A"]["reason"].startswith("flat") and record["lora_A"]["ppi"] == 0.0
     assert (record["lora_A"]["verdict"], record["lora_A"]["action"]) == (Verdict.FLAT.value, Action.KEEP.value)
-    assert (record["lora_B"]["verdict"], record["lora_B"]["action"]) == (Verdict.ACCEPTED.value, Action.FIT.value)
-    assert opt.param_groups[0]["gen_lr"] == 1e-2
-    assert record["lora_B"]["accepted"] and opt.param_groups[1]["gen_lr"] != 1e-2
+    # accepted; its optimum lies above the rate, which the first step holds (the moments' transient)
+    assert (record["lora_B"]["verdict"], record["lora_B"]["action"]) == (Verdict.ACCEPTED.value, Action.HOLD.value)
+    assert opt.param_groups[0]["gen_lr"] == opt.param_groups[1]["gen_lr"] == 1e-2
+
+
+def test_the_moments_transient_holds_rates_then_fits_move_them():
+    """No fit raises a rate while AdamW's moments have seen fewer than ceil(1 / (1 - beta1))
+    gradients, nor before the descent tally is clear; then the accepted fits move it (here up:
+    the optimum is far above)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 4), torch.randn(64, 4)
+    weight = torch.nn.Parameter(torch.zeros(4, 4))
+
+    def loss():
+        return F.mse_loss(x @ weight, y)
+
+    opt = GeNAdamW([{"params": [weight], "name": "w"}], loss, lr=1e-3, probe_every=1, betas=(0.75, 0.999), search=0)
+    for _ in range(9):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+    assert all(r["groups"]["w"]["accepted"] for r in opt.history)  # every fit clean, its optimum ~0.1
+    actions = [r["groups"]["w"]["action"] for r in opt.history]
+    # held for moment_steps(0.75) = 4 steps; then the descent tally counts 1, 1.9, 2.71 >= GROW_TALLY
+    assert actions == [Action.HOLD.value] * 6 + [Action.FIT.value] * 3
+    assert [r["groups"]["w"]["lr"] for r in opt.history] == pytest.approx([1e-3] * 6 + [2e-3, 4e-3, 8e-3])
+    assert opt.param_groups[0]["gen_descent"] == pytest.approx(sum(0.9**k for k in range(5)))
 
 
 def test_probes_leave_no_trace():
@@ -334,12 +358,14 @@ def test_nonfinite_loss_rejects_round_once_with_warning():
 def test_warmup_probes_every_step_and_shrinks_rates_without_a_clean_fit():
     torch.manual_seed(0)
     model = Net()
-    opt = GeNAdamW(group_parameters(model), lambda: torch.tensor(float("nan")), lr=1e-2, probe_every=4, warmup=3)
+    opt = GeNAdamW(group_parameters(model), lambda: torch.tensor(float("nan")), lr=1e-2, probe_every=4, warmup=3,
+                   betas=(0.5, 0.999))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        train(model, opt, 9)
-    assert [r["step"] for r in opt.history] == [0, 1, 2, 4, 8]
-    assert all(g["gen_lr"] == pytest.approx(1e-2 * 0.5**3) for g in opt.param_groups)  # halved in warm-up only
+        train(model, opt, 13)
+    # warm-up: the moments' 2 steps (beta1 0.5), then 3; then every 4th step
+    assert [r["step"] for r in opt.history] == [0, 1, 2, 3, 4, 8, 12]
+    assert all(g["gen_lr"] == pytest.approx(1e-2 * 0.5**5) for g in opt.param_groups)  # halved in warm-up only
 
 
 @pytest.mark.parametrize(
@@ -423,7 +449,7 @@ def test_ppi_within_reach_is_the_papers_and_beyond_it_is_capped():
 def test_the_budget_bounds_the_probe_forwards(budget):
     """Counted closure calls: the whole run spends at most the warm-up's credit, the budget's
     share of the training steps and one round per group; after warm-up, the budget alone."""
-    from gen_optim.rule import STEP_FORWARDS
+    from gen_optim.rule import STEP_FORWARDS, moment_steps
 
     torch.manual_seed(0)
     model = Net()
@@ -444,7 +470,8 @@ def test_the_budget_bounds_the_probe_forwards(budget):
         opt.step()
         spent.append(calls[0])
     one_round = len(scales) * (search + 1) + search + 1  # a group's probes and L0s in its first round, at most
-    assert spent[-1] <= groups * (warmup + search) * (len(scales) + 1) + budget * STEP_FORWARDS * 400 + groups * one_round
+    warmup_rounds = moment_steps(0.9) + warmup
+    assert spent[-1] <= groups * (warmup_rounds + search) * (len(scales) + 1) + budget * STEP_FORWARDS * 400 + groups * one_round
     assert all(g["gen_settled"] for g in opt.param_groups)
     settled_by = 100  # every group has settled by now (warm-up is at most `warmup` rounds of one step)
     after = spent[-1] - spent[settled_by - 1]

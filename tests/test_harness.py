@@ -1,5 +1,6 @@
-"""The real-model benchmark harness: its rankings and masks against brute force, and the
-Table 3 script end to end in its --quick mode (a tiny random BERT, offline)."""
+"""The real-model benchmark harness: its rankings, masks, schedules and curves against brute
+force and closed forms, and the Table 3 and learning-rate-free scripts end to end in their
+--quick mode (a tiny random BERT, offline)."""
 import itertools
 import json
 import math
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.harness import kendall_tau, masks, random_mask
+from benchmarks.harness import curve, kendall_tau, masks, random_mask
+from benchmarks.optimizers import WARMUP_FRACTION, Optimizer, Schedule
 from gen_optim.mask import propose
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,3 +75,52 @@ def test_table3_quick_end_to_end(tmp_path):
     again = subprocess.run(command + ["--report"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and len(out.read_text().splitlines()) == len(rows)  # nothing retrained
     assert [line for line in again.stdout.splitlines() if line.startswith("| ")][:len(table)] == table[:len(table)]
+
+
+def test_schedule_factors():
+    steps = 200
+    warm = round(WARMUP_FRACTION * steps)
+    constant = [Schedule.CONSTANT.factor(t, steps) for t in range(steps)]
+    cosine = [Schedule.COSINE.factor(t, steps) for t in range(steps)]
+    assert constant == [1.0] * steps
+    assert cosine[:warm] == pytest.approx([(t + 1) / warm for t in range(warm)])  # linear warm-up to 1
+    assert cosine[warm] == 1.0 and cosine[warm + (steps - warm) // 2] == pytest.approx(0.5)
+    assert all(a > b for a, b in zip(cosine[warm:], cosine[warm + 1:]))  # then strictly down
+    assert 0.0 < cosine[-1] < 1e-3
+
+
+def test_curve_means_equal_spans():
+    rng = random.Random(1)
+    for n in (1, 5, 20, 21, 203):
+        losses = [rng.random() for _ in range(n)]
+        points = curve(losses)
+        assert len(points) == min(20, n)
+        # every loss falls in exactly one span: the spans' weighted means give the overall mean back
+        bounds = [round(k * n / len(points)) for k in range(len(points) + 1)]
+        assert bounds[0] == 0 and bounds[-1] == n and all(b > a for a, b in zip(bounds, bounds[1:]))
+        weighted = sum(p * (b - a) for p, a, b in zip(points, bounds, bounds[1:])) / n
+        assert weighted == pytest.approx(sum(losses) / n)
+        assert points[0] == pytest.approx(sum(losses[: bounds[1]]) / bounds[1])
+
+
+def test_lr_free_quick_end_to_end(tmp_path):
+    out = tmp_path / "runs.jsonl"
+    env = os.environ | {"HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "benchmarks.lr_free", "--quick", "--out", str(out)]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    for schedule in Schedule:
+        ran = [r for r in rows if r["key"]["schedule"] == schedule.value]
+        assert {r["key"]["optimizer"] for r in ran} == {o.value for o in Optimizer}
+        assert len(ran) == 5 + 3 + 3 + 3 + 3  # the AdamW grid, 2 GeNAdamWs and GeN's reference from 3 starts, 3 peers
+        assert all(0.0 <= r["metric"] <= 1.0 and math.isfinite(r["train_loss"]) and len(r["curve"]) == 16 for r in ran)
+        gen = [r for r in ran if r["key"]["optimizer"] in (Optimizer.GEN.value, Optimizer.GEN_FRESH.value)]
+        assert len(gen) == 6 and all(r["rounds"] for r in gen)
+        assert all(set(r["rates"]) == {"head", "norm", "bias", "embed", "others"} for r in gen)
+    table = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    assert sum("(best)" in line for line in table) == 2  # one best AdamW per schedule
+    assert done.stdout.count("Goal (GeNAdamW") == 2
+    again = subprocess.run(command + ["--report"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and len(out.read_text().splitlines()) == len(rows)  # nothing retrained
+    assert [line for line in again.stdout.splitlines() if line.startswith("| ")] == table

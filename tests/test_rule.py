@@ -4,13 +4,16 @@ import math
 import pytest
 
 from gen_optim.fit import Fit, Probes
-from gen_optim.rule import MAX_INTERVAL, SEARCH_STEP, STEP_FORWARDS, Action, RateRule, Schedule, Verdict
+from gen_optim.rule import (DESCENT_MEMORY, CLEAR_TALLY, MAX_INTERVAL, SEARCH_STEP, STEP_FORWARDS, Action, RateRule, Schedule,
+                            Standing, Verdict, moment_steps)
 
 RULE = RateRule(probe_every=4, warmup=2, search=6, r2_min=0.99, smoothing=0.9, rate_clip=(0.5, 2.0))
 NAN = float("nan")
-WARM, AFTER = True, False  # in warm-up, after it
+WARM, AFTER = Standing(True, descent=3.0), Standing(False, descent=3.0)  # in warm-up, after it; descending lately
+CLIMBING = Standing(False, descent=-CLEAR_TALLY)  # after warm-up, the direction has clearly climbed lately
+HELD = Standing(True, held=True)  # in the moments' transient
 
-# fit, warming, verdict, action, new rate (from a rate of 1e-2)
+# fit, standing, verdict, action, new rate (from a rate of 1e-2)
 CASES = {
     "clean fit at its optimum": (Fit(1.0, 100.0, 1.0), WARM, Verdict.ACCEPTED, Action.FIT, 1e-2),
     "clean fit far above, clipped": (Fit(1.0, 1.0, 1.0), WARM, Verdict.ACCEPTED, Action.FIT, 2e-2),
@@ -19,14 +22,33 @@ CASES = {
     "poor uphill fit in warm-up shrinks": (Fit(1.0, 100.0, 0.5, uphill=True), WARM, Verdict.POOR, Action.SHRINK, 5e-3),
     "poor fit in warm-up whose probes all descend keeps": (Fit(1.0, 100.0, 0.5), WARM, Verdict.POOR, Action.KEEP, 1e-2),
     "poor fit after warm-up keeps": (Fit(1.0, 100.0, 0.5), AFTER, Verdict.POOR, Action.KEEP, 1e-2),
-    "clean climb after warm-up shrinks, smoothed": (Fit(-1.0, 1.0, 1.0), AFTER, Verdict.CLIMB, Action.SHRINK,
-                                                     0.9e-2 + 0.1 * 5e-3),
+    "clean climb, climbing tally, after warm-up shrinks, smoothed": (Fit(-1.0, 1.0, 1.0), CLIMBING, Verdict.CLIMB,
+                                                                     Action.SHRINK, 0.9e-2 + 0.1 * 5e-3),
+    "clean climb against a descending tally keeps": (Fit(-1.0, 1.0, 1.0), AFTER, Verdict.CLIMB, Action.KEEP, 1e-2),
+    "clean climb against a descending tally keeps in warm-up too": (Fit(-1.0, 1.0, 1.0, uphill=True), WARM,
+                                                                     Verdict.CLIMB, Action.KEEP, 1e-2),
+    "noisy climb, climbing tally, keeps": (Fit(-1.0, 1.0, 0.5, uphill=True), Standing(True, descent=-1.0),
+                                           Verdict.CLIMB, Action.KEEP, 1e-2),
     "noisy climb after warm-up keeps": (Fit(-1.0, 1.0, 0.5), AFTER, Verdict.CLIMB, Action.KEEP, 1e-2),
+    "held: a fit that would raise the rate holds it": (Fit(1.0, 1.0, 1.0), HELD, Verdict.ACCEPTED, Action.HOLD, 1e-2),
+    "a mixed tally holds a rate a fit would raise": (Fit(1.0, 1.0, 1.0), Standing(True, descent=CLEAR_TALLY - 0.01),
+                                                     Verdict.ACCEPTED, Action.HOLD, 1e-2),
+    "a clear tally lets it grow": (Fit(1.0, 1.0, 1.0), Standing(True, descent=CLEAR_TALLY), Verdict.ACCEPTED,
+                                   Action.FIT, 2e-2),
+    "a mixed tally still lets a fit lower the rate": (Fit(1.0, 1e4, 1.0), Standing(False, descent=0.0),
+                                                      Verdict.ACCEPTED, Action.FIT, 0.9e-2 + 0.1 * 5e-3),
+    "held: a fit below the rate lowers it": (Fit(1.0, 1e4, 1.0), HELD, Verdict.ACCEPTED, Action.FIT, 5e-3),
+    "held: a clean climb shrinks it, whatever the tally": (Fit(-1.0, 1.0, 1.0, uphill=True), HELD, Verdict.CLIMB,
+                                                             Action.SHRINK, 5e-3),
+    "held: an uphill fit shrinks it": (Fit(1.0, 100.0, 0.5, uphill=True), HELD, Verdict.POOR, Action.SHRINK, 5e-3),
     "concave after warm-up keeps": (Fit(1.0, -1.0, 1.0), AFTER, Verdict.CONCAVE, Action.KEEP, 1e-2),
     "concave uphill in warm-up shrinks": (Fit(1.0, -1.0, 1.0, uphill=True), WARM, Verdict.CONCAVE, Action.SHRINK, 5e-3),
     "concave descending in warm-up keeps": (Fit(1.0, -1.0, 1.0), WARM, Verdict.CONCAVE, Action.KEEP, 1e-2),
     "uphill after warm-up keeps": (Fit(1.0, 100.0, 0.5, uphill=True), AFTER, Verdict.POOR, Action.KEEP, 1e-2),
-    "clean climb in warm-up shrinks": (Fit(-1.0, 1.0, 1.0), WARM, Verdict.CLIMB, Action.SHRINK, 5e-3),
+    "clean climb, a mixed tally, keeps": (Fit(-1.0, 1.0, 1.0, uphill=True), Standing(False, descent=-CLEAR_TALLY + 0.01),
+                                          Verdict.CLIMB, Action.KEEP, 1e-2),
+    "clean climb, climbing tally, in warm-up shrinks": (Fit(-1.0, 1.0, 1.0, uphill=True), Standing(True, descent=-3.0),
+                                                        Verdict.CLIMB, Action.SHRINK, 5e-3),
     "flat in warm-up keeps": (Fit(0.0, 0.0, 0.0, flat=True), WARM, Verdict.FLAT, Action.KEEP, 1e-2),
     "nonfinite in warm-up shrinks": (Fit(NAN, NAN, NAN, uphill=True), WARM, Verdict.NONFINITE, Action.SHRINK, 5e-3),
     "nonfinite after warm-up keeps": (Fit(NAN, NAN, NAN, uphill=True), AFTER, Verdict.NONFINITE, Action.KEEP, 1e-2),
@@ -35,8 +57,8 @@ CASES = {
 
 @pytest.mark.parametrize("name", CASES)
 def test_decide(name):
-    fit, warming, verdict, action, rate = CASES[name]
-    decision = RULE.decide(fit, 1e-2, warming)
+    fit, standing, verdict, action, rate = CASES[name]
+    decision = RULE.decide(fit, 1e-2, standing)
     assert (decision.verdict, decision.action) == (verdict, action)
     assert decision.rate == pytest.approx(rate, rel=1e-12)
     assert decision.accepted == (verdict is Verdict.ACCEPTED)
@@ -46,8 +68,10 @@ def test_decide(name):
         assert decision.reason.startswith(verdict.value) and decision.reason.endswith("rate shrunk") == (action is Action.SHRINK)
 
 
-def test_poor_fit_reason_names_the_numbers():
+def test_reasons_name_the_numbers_and_the_tally():
     assert RULE.decide(Fit(1.0, 100.0, 0.5), 1e-2, AFTER).reason == "poor fit (R^2 0.5000 < 0.99)"
+    assert RULE.decide(Fit(-1.0, 1.0, 1.0), 1e-2, CLIMBING).reason == (
+        "not a descent direction (A <= 0) (it has clearly climbed lately): rate shrunk")
 
 
 # fit, the rate the search moves 1.0 to (None: the search is done for this group)
@@ -70,16 +94,54 @@ def test_search_move(name):
     assert moved == (None if rate is None else pytest.approx(rate))
 
 
+# clean fits (A, R^2) one after the other -> the tally after each, from 0
+TALLIES = {
+    "descents count up": ([(1.0, 1.0)] * 3, [1.0, 1.9, 2.71]),
+    "a climb counts down": ([(1.0, 1.0), (-2.0, 1.0)], [1.0, DESCENT_MEMORY - 1.0]),
+    "poor, flat and nonfinite fits do not count": ([(1.0, 1.0), (-1.0, 0.5), (NAN, NAN)], [1.0, 1.0, 1.0]),
+}
+
+
+@pytest.mark.parametrize("name", TALLIES)
+def test_tally(name):
+    fits, expected = TALLIES[name]
+    descent, seen = 0.0, []
+    for A, r2 in fits:
+        descent = RULE.tally(descent, Fit(A, 1.0, r2))
+        seen.append(descent)
+    assert seen == pytest.approx(expected)
+    assert RULE.tally(2.0, Fit(0.0, 0.0, 0.0, flat=True)) == 2.0
+
+
+def test_grow_tally_is_a_fair_coins_standard_deviation():
+    tallies, rng = [], __import__("random").Random(0)
+    for _ in range(2000):
+        descent = 0.0
+        for _ in range(200):
+            descent = RULE.tally(descent, Fit(rng.choice((-1.0, 1.0)), 1.0, 1.0))
+        tallies.append(descent)
+    mean = sum(tallies) / len(tallies)
+    sd = (sum((t - mean) ** 2 for t in tallies) / len(tallies)) ** 0.5
+    assert abs(mean) < 0.2 and sd == pytest.approx(CLEAR_TALLY, rel=0.05)
+
+
+def test_moment_steps_and_held():
+    assert [moment_steps(b) for b in (0.0, 0.5, 0.9, 0.95, 0.99)] == [1, 2, 10, 20, 100]
+    assert [RULE.held(t) for t in (0, 9, 10, 11)] == [True, True, False, False]
+
+
 def test_due():
-    assert [s for s in range(13) if RULE.due(s)] == [0, 1, 4, 8, 12]
+    # warm-up probes every step: the moments' 10 steps, then warmup=2; then every 4th
+    assert [s for s in range(17) if RULE.due(s)] == list(range(12)) + [12, 16]
     assert not any(RateRule(0, 10, 6, 0.99, 0.9, (0.5, 2.0)).due(s) for s in range(20))
+    assert RateRule(4, 0, 6, 0.99, 0.9, (0.5, 2.0)).warmup_rounds == 0  # no warm-up at all
 
 
 def test_of_a_group_and_the_floors():
     group = dict(probe_every=8, warmup=10, search=6, r2_min=0.9, smoothing=0.5, rate_clip=[0.25, 4.0], lr=1.0,
-                 probe_budget=0.2, probe_scales=(-1.0, 1.0, 2.0))
+                 probe_budget=0.2, probe_scales=(-1.0, 1.0, 2.0), betas=(0.95, 0.999))
     rule = RateRule.of(group)
-    assert rule == RateRule(8, 10, 6, 0.9, 0.5, (0.25, 4.0), 0.2, 3)
+    assert rule == RateRule(8, 10, 6, 0.9, 0.5, (0.25, 4.0), 0.2, 3, 20)
     assert rule.shrink == rule.joint_floor == 0.25 and not math.isnan(rule.rate_clip[1])
 
 
@@ -89,9 +151,10 @@ FIT_FAR = Fit(1.0, 1.0, 1.0)  # minimum at 1: clipped to twice the rate
 
 
 def test_budget_due_needs_credit_and_interval():
-    # warm-up's credit: 3 rounds and 6 search re-probes, each 4 probes + L0
-    assert BUDGET.first_schedule() == Schedule((3 + 6) * 5.0, 0, 1, False)
-    assert BUDGET.first_schedule(rounds=3) == Schedule(0.0, 0, 1, True)
+    # warm-up's credit: the moments' 10 rounds, 3 more and 6 search re-probes, each 4 probes + L0
+    assert BUDGET.first_schedule() == Schedule((10 + 3 + 6) * 5.0, 0, 1, False)
+    assert BUDGET.first_schedule(rounds=13) == Schedule(0.0, 0, 1, True)
+    assert BUDGET.first_schedule(rounds=12) == Schedule((10 + 3 + 6) * 5.0, 0, 1, False)
     assert BUDGET.due(0, Schedule(0.0, 0, 1, True)) and BUDGET.due(5, Schedule(-1e-12, 5, 1, True))
     assert not BUDGET.due(5, Schedule(-0.1, 5, 1, True)) and not BUDGET.due(4, Schedule(10.0, 5, 1, True))
     assert BUDGET.earned(groups=6) == pytest.approx(0.1 * STEP_FORWARDS / 6)
@@ -103,7 +166,8 @@ AFTER_ROUND = {
     "warm-up goes on while the fit is clipped": (Schedule(10.0, 0, 1, False), 1, FIT_FAR, Schedule(10.0, 11, 1, False)),
     "a fit within the clip settles it; warm-up's credit is dropped": (
         Schedule(10.0, 0, 1, False), 1, FIT_HERE, Schedule(0.0, 12, 2, True)),
-    "warm-up ends after its rounds; debt is kept": (Schedule(-3.0, 0, 1, False), 3, FIT_FAR, Schedule(-3.0, 11, 1, True)),
+    "warm-up ends after its rounds; debt is kept": (Schedule(-3.0, 0, 1, False), 13, FIT_FAR, Schedule(-3.0, 11, 1, True)),
+    "warm-up goes on before its rounds are done": (Schedule(-3.0, 0, 1, False), 12, FIT_FAR, Schedule(-3.0, 11, 1, False)),
     "steady: the interval doubles": (Schedule(-1.0, 0, 8, True), 9, FIT_HERE, Schedule(-1.0, 26, 16, True)),
     "steady at the longest interval": (Schedule(0.0, 0, MAX_INTERVAL, True), 9, FIT_HERE,
                                        Schedule(0.0, 10 + MAX_INTERVAL, MAX_INTERVAL, True)),
@@ -116,8 +180,17 @@ AFTER_ROUND = {
 @pytest.mark.parametrize("name", AFTER_ROUND)
 def test_after_round(name):
     before, rounds, fit, after = AFTER_ROUND[name]
-    decision = BUDGET.decide(fit, 1e-2, BUDGET.warming(10, before))
+    descent = 3.0 if fit.A > 0 else -3.0  # descending lately, or climbing lately
+    decision = BUDGET.decide(fit, 1e-2, Standing(BUDGET.warming(10, before), descent=descent))
     assert BUDGET.after_round(before, 10, rounds, fit, decision, 1e-2) == after
+
+
+def test_held_rounds_do_not_settle_the_warm_up():
+    before = Schedule(10.0, 0, 1, False)
+    decision = BUDGET.decide(FIT_HERE, 1e-2, Standing(True, held=True))
+    assert decision.action is Action.FIT and decision.rate == pytest.approx(1e-2)
+    assert BUDGET.after_round(before, 3, 4, FIT_HERE, decision, 1e-2, held=True) == Schedule(10.0, 4, 1, False)
+    assert BUDGET.after_round(before, 3, 4, FIT_HERE, decision, 1e-2, held=False).settled
 
 
 def test_schedule_round_trips_through_a_group():
