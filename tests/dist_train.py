@@ -18,7 +18,7 @@ assert accelerator.distributed_type == DistributedType.MULTI_CPU, accelerator.di
 assert accelerator.num_processes == 2
 model = gpt2(seed=0)
 model.config.resid_pdrop = 0.1
-schedule = dict(probe_every=2) if sys.argv[2] == "fixed" else dict(probe_budget=0.5, warmup=3)
+schedule = dict(probe_every=2, warmup=3) if sys.argv[2] == "fixed" else dict(probe_budget=0.5, warmup=3)
 opt = GeNAdamW(group_parameters(model), replay_closure(model), lr=3e-3, **schedule)
 model, opt = accelerator.prepare(model, opt)
 g = torch.Generator().manual_seed(1000 + accelerator.process_index)  # different data per rank

@@ -42,7 +42,8 @@ def check_frozen(result, out):
 def test_selects_freezes_logs_and_resumes(tmp_path):
     straight = run(tmp_path / "straight")[0]
     check_frozen(straight, tmp_path / "straight")
-    assert straight["rounds"] == 2 + 9  # warm-up, then every 2nd step: selection at step 5 keeps probing
+    # warm-up (the moments' 10 steps, then warmup=2), then every 2nd step: the selection keeps probing
+    assert straight["rounds"] == 12 + 4
     resumed = run(tmp_path / "resumed", "--resume", str(tmp_path / "straight" / "checkpoint-8"))[0]
     assert resumed["mask"] == straight["mask"] and resumed["trainable"] == straight["trainable"]
     assert resumed["appi"] == pytest.approx(straight["appi"], rel=1e-6)
