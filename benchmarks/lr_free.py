@@ -105,6 +105,9 @@ def report(rows: dict[tuple[str, float | None], list[dict]], schedule: Schedule,
 def trajectories(rows: dict[tuple[str, float | None], list[dict]], steps: int) -> None:
     """Each GeNAdamW start's fitted rates (seed 0) after the last round at or before a few
     steps, and how its rounds judged the fits: the study of where the rates go and why."""
+    gens = (Optimizer.GEN.value, Optimizer.GEN_FRESH.value)
+    if not any(name in gens and rs[0].get("rounds") for (name, _), rs in rows.items()):
+        return
     checkpoints = sorted({0, steps // 20, steps // 4, steps // 2, steps - 1})
     verdicts = [v for v in Verdict]
     print(f"\nGeNAdamW's rates (seed 0) after the last round at or before steps {checkpoints}, and its rounds' "
@@ -112,7 +115,7 @@ def trajectories(rows: dict[tuple[str, float | None], list[dict]], steps: int) -
     print("| start | group | rates | " + " | ".join(v.name.lower() for v in verdicts) + " | shrunk |")
     print("|---|---|---|" + "---|" * (len(verdicts) + 1))
     for (name, lr), rs in rows.items():
-        if name not in (Optimizer.GEN.value, Optimizer.GEN_FRESH.value) or not rs[0].get("rounds"):
+        if name not in gens or not rs[0].get("rounds"):
             continue
         rounds = rs[0]["rounds"]
         for group in rounds[0]["groups"]:
