@@ -249,7 +249,7 @@ def test_the_moments_transient_holds_rates_then_fits_move_them():
         opt.step()
     assert all(r["groups"]["w"]["accepted"] for r in opt.history)  # every fit clean, its optimum ~0.1
     actions = [r["groups"]["w"]["action"] for r in opt.history]
-    # held for moment_steps(0.75) = 4 steps; then the descent tally counts 1, 1.9, 2.71 >= GROW_TALLY
+    # held for moment_steps(0.75) = 4 steps; then the descent tally counts 1, 1.9, 2.71 >= CLEAR_TALLY
     assert actions == [Action.HOLD.value] * 6 + [Action.FIT.value] * 3
     assert [r["groups"]["w"]["lr"] for r in opt.history] == pytest.approx([1e-3] * 6 + [2e-3, 4e-3, 8e-3])
     assert opt.param_groups[0]["gen_descent"] == pytest.approx(sum(0.9**k for k in range(5)))
