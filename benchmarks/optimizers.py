@@ -100,7 +100,7 @@ def build(optimizer: Optimizer, groups: list[dict[str, Any]], lr: float, model: 
           gen: dict[str, Any] | None = None) -> Driver:
     """The driver of ``optimizer`` on ``groups``; ``batch`` is the dict the training loop fills
     with each step's batch (GeNAdamW's probe closure reads it), ``probe_batches`` the extra
-    batches GeN's reference probes on."""
+    batches that GeN's reference and ``GEN_FRESH`` probe on."""
     if optimizer is Optimizer.ADAMW:
         return scheduled(Driver(torch.optim.AdamW(groups, lr=lr, weight_decay=WEIGHT_DECAY)), schedule, steps)
     if optimizer in (Optimizer.GEN, Optimizer.GEN_FRESH):
