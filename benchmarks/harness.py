@@ -11,8 +11,10 @@ harness does the rest, the same way for every benchmark (``table3_sst2`` today):
 - ``train``: Part II. The model with LoRA equipped, only ``Run.groups`` trainable, trained by
   ``Run.optimizer`` from ``Run.lr`` for the given steps; the data order depends on the seed
   only, so that every mask and optimizer sees the same batches.
-- ``kendall_tau``, ``masks``, ``table``: rankings, the knapsack's sets and the paper's table.
-- ``Ledger``: the runs done so far, one JSON line each, so that a long benchmark resumes.
+- ``kendall_tau``, ``masks``, ``random_mask``: rankings and the knapsack's sets.
+- ``Ledger``, ``run_once``, ``select_once``: the runs done so far, one JSON line each, so that
+  a long benchmark resumes; ``start_lr`` (the paper's starting rates), ``yes_no`` and
+  ``plot_frontier``: the pieces of the paper's tables and of its Figure 5.
 
 The optimizers (AdamW, GeNAdamW and the learning-rate-free peers) and schedules are in
 ``benchmarks.optimizers``.
@@ -67,6 +69,7 @@ class Outcome:
     peak_mib: float = 0.0  # peak heap above the built model's during training (benchmarks.common.HeapPeak)
     curve: list[float] = field(default_factory=list)  # mean training loss over CURVE_POINTS equal spans
     rounds: list[dict[str, Any]] = field(default_factory=list)  # GeNAdamW's probe rounds: rate, verdict, action
+    scores: dict[str, float] = field(default_factory=dict)  # the benchmark's extra scores (e.g. E2E's BLEU)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"run": asdict(self.run) | {"optimizer": self.run.optimizer.value,
@@ -76,6 +79,7 @@ class Outcome:
 class Task(Protocol):
     name: str
     metric_name: str
+    higher_is_better: bool  # of the metric: accuracy yes, perplexity no
     pretrained: bool
 
     def model(self, blocks: int | None, seed: int) -> nn.Module:
@@ -90,6 +94,8 @@ class Task(Protocol):
 
 FULL = "full"
 LORA_GROUPS = ("lora_A", "lora_B")
+PEFT_LR, FULL_LR = 1e-3, 1e-4  # the paper's starting rates for GeNAdamW: PEFT masks, full fine-tuning
+FULL_FRACTION = 0.1  # a set training more than this fraction of the model starts from FULL_LR
 
 
 def equipped(task: Task, blocks: int | None, seed: int, rank: int = 8) -> nn.Module:
@@ -105,8 +111,9 @@ def trainable(model: nn.Module, groups: tuple[str, ...] | None) -> float:
 
 
 def train(task: Task, run: Run, steps: int, blocks: int | None = None, gen: dict[str, Any] | None = None,
-          log: Callable[[str], None] = print) -> Outcome:
-    """Part II: train ``run`` for ``steps`` and score it."""
+          log: Callable[[str], None] = print, score: Callable[[nn.Module], dict[str, float]] | None = None) -> Outcome:
+    """Part II: train ``run`` for ``steps`` and score it (``task.evaluate``, and ``score`` when
+    given: extra scores of the trained model, kept in ``Outcome.scores``)."""
     model = equipped(task, blocks, run.seed)
     fraction = trainable(model, run.groups)
     groups = group_parameters(model)
@@ -131,12 +138,14 @@ def train(task: Task, run: Run, steps: int, blocks: int | None = None, gen: dict
     seconds = time.perf_counter() - started
     driver.evaluating()
     metric, eval_loss = task.evaluate(model)
+    extra = score(model) if score is not None else {}
     tail = losses[-max(1, steps // 10):]
     outcome = Outcome(run, metric, eval_loss, statistics.fmean(tail), fraction, seconds, driver.rates(),
-                      (heap.peak - base) / 2**20, curve(losses), driver.rounds())
+                      (heap.peak - base) / 2**20, curve(losses), driver.rounds(), extra)
     log(f"  {run.label:<22} {run.optimizer.value:<8} {run.schedule.value} lr {run.lr:<7g} seed {run.seed}: "
         f"{task.metric_name} {metric:.4f}, eval loss {eval_loss:.4f}, train loss {outcome.train_loss:.4f}, "
-        f"{100 * fraction:.3f}% trainable, {seconds:.0f} s, peak {outcome.peak_mib:.0f} MiB")
+        f"{100 * fraction:.3f}% trainable, {seconds:.0f} s, peak {outcome.peak_mib:.0f} MiB"
+        + "".join(f", {k} {v:.4g}" for k, v in extra.items()))
     return outcome
 
 
@@ -233,10 +242,11 @@ def fraction_of(groups: Sequence[str], sizes: dict[str, int]) -> float:
     return sum(sizes[g] for g in groups) / sum(sizes.values())
 
 
-def mean_std(values: Sequence[float]) -> str:
+def mean_std(values: Sequence[float], scale: float = 100.0) -> str:
+    """``mean +- std`` of ``values`` times ``scale`` (percent by default), or the one value."""
     if len(values) == 1:
-        return f"{100 * values[0]:.2f}"
-    return f"{100 * statistics.fmean(values):.2f} +- {100 * statistics.stdev(values):.2f}"
+        return f"{scale * values[0]:.2f}"
+    return f"{scale * statistics.fmean(values):.2f} +- {scale * statistics.stdev(values):.2f}"
 
 
 def size_of(model: nn.Module) -> int:
@@ -259,3 +269,83 @@ class Ledger:
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         return row
+
+
+def start_lr(groups: Sequence[str] | None, sizes: dict[str, int]) -> float:
+    """GeNAdamW's starting rate for a run training ``groups`` (``None``: full fine-tuning)."""
+    if groups is None:
+        return FULL_LR
+    return FULL_LR if fraction_of(groups, sizes) > FULL_FRACTION else PEFT_LR
+
+
+def run_once(ledger: Ledger, task: Task, run: Run, steps: int, blocks: int | None = None,
+             gen: dict[str, Any] | None = None, score: Callable[[nn.Module], dict[str, float]] | None = None) -> dict | None:
+    """The outcome of ``run`` on the model cut to ``blocks``: from the ledger, else trained now
+    (``None`` when the ledger only reports)."""
+    key = {"kind": "train", "groups": None if run.groups is None else sorted(run.groups), "blocks": blocks,
+           "optimizer": run.optimizer.value, "lr": run.lr, "seed": run.seed, "steps": steps}
+    found = ledger.find(key)
+    if found is None and not ledger.report_only:
+        found = ledger.add(key, train(task, run, steps, blocks, gen=gen, score=score).to_dict())
+    return found
+
+
+def select_once(ledger: Ledger, task: Task, blocks: int | None, seed: int, steps: int, select_at: int, lr: float,
+                by: str = "category", gen: dict[str, Any] | None = None) -> dict:
+    """Part I's record (``select``) from the ledger, else run now; a report-only ledger
+    without it stops the benchmark, saying which run is missing."""
+    key = {"kind": "select", "blocks": blocks, "seed": seed, "steps": steps, "select_at": select_at, "lr": lr, "by": by}
+    found = ledger.find(key)
+    if found is None and ledger.report_only:
+        raise SystemExit("--report: Part I with " + ", ".join(f"{k} {v}" for k, v in key.items()) + " has not run yet")
+    if found is None:
+        s = select(task, blocks, seed, steps, select_at, lr, by=by, gen=gen)
+        print(f"  Part I, {blocks or 'all'} blocks, seed {seed}, by {by}: {s.seconds:.0f} s; APPI at step {select_at} "
+              + ", ".join(f"{k} {v:.3g}" for k, v in s.appi.items()), flush=True)
+        found = ledger.add(key, asdict(s))
+    return found
+
+
+def yes_no(groups: Sequence[str] | None, categories: Sequence[str]) -> str:
+    """The paper's Y/N columns: which of ``categories`` a run trains (``None``: all but LoRA's)."""
+    active = set(categories) - set(LORA_GROUPS) if groups is None else set(groups)
+    return " | ".join("Y" if c in active else "N" for c in categories)
+
+
+def plot_frontier(path: Path, rows: dict[str, tuple[Any, str]], outcomes: dict[str, list[dict]],
+                  tuned: dict[str, tuple[float, list[dict]]], metric_label: str, metric: Callable[[dict], float],
+                  log_y: bool = False) -> None:
+    """The paper's Figure 5: ``metric`` (top) and the training loss (bottom) against the trainable
+    fraction, for the selected sets A_k (a line), heuristic masks and baselines (``rows``' kinds
+    "selected", "heuristic", "baseline", trained by GeNAdamW) and ``tuned`` (AdamW)."""
+    from gen_optim.plots import _pyplot
+
+    plt = _pyplot()
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 7), sharex=True)
+    styles = {"heuristic": ("C1", "s"), "baseline": ("C2", "^")}
+    chain = [(statistics.fmean(r["fraction"] for r in outcomes[n]), outcomes[n]) for n, (_, k) in rows.items()
+             if k == "selected"]
+    for axis, value, label in ((top, metric, metric_label), (bottom, lambda r: r["train_loss"], "train loss")):
+        mean = lambda runs: statistics.fmean(value(r) for r in runs)  # noqa: E731
+        axis.plot([100 * f for f, _ in chain], [mean(runs) for _, runs in chain], "-o", color="C0",
+                  label="selected sets A_k (GeNAdamW)")
+        for name, (_, kind) in rows.items():
+            if kind in styles:
+                color, marker = styles[kind]
+                x, y = 100 * outcomes[name][0]["fraction"], mean(outcomes[name])
+                axis.scatter([x], [y], color=color, marker=marker)
+                axis.annotate(name, (x, y), fontsize=7)
+        for name, (_, runs) in tuned.items():
+            axis.scatter([100 * runs[0]["fraction"]], [mean(runs)], color="C3", marker="x")
+        axis.set_ylabel(label)
+        axis.set_xscale("log")
+        if log_y:
+            axis.set_yscale("log")
+    bottom.set_xlabel("trainable parameters (%)")
+    top.scatter([], [], color="C1", marker="s", label="heuristic (GeNAdamW)")
+    top.scatter([], [], color="C3", marker="x", label="heuristic (AdamW, best of grid)")
+    if any(kind == "baseline" for _, kind in rows.values()):
+        top.scatter([], [], color="C2", marker="^", label="baseline (GeNAdamW)")
+    top.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)

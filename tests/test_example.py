@@ -1,4 +1,5 @@
-"""The main example end to end in its offline default, single process and DDP, and resuming."""
+"""The main example end to end in its offline default, single process and DDP, and resuming;
+its pretrained path from local checkpoints."""
 import json
 import math
 import os
@@ -8,10 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from examples.e2e import DATA, read_csv, train_tokenizer
 from gen_optim import Mask
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["--steps", "12", "--select_fraction", "0.5", "--batch_size", "4", "--test_rows", "64",
+SMALL = ["--family", "tiny", "--steps", "12", "--select_fraction", "0.5", "--batch_size", "4", "--test_rows", "64",
          "--select_probe_every", "2", "--probe_every", "2", "--eps", "0.2"]
 
 
@@ -50,7 +54,33 @@ def check_run_dir(out, processes):
 def test_example_end_to_end(tmp_path, processes):
     stdout = launch(["--peft", "bitfit", "linear_probe"], tmp_path, processes)
     assert "RANDOMLY INITIALISED" in stdout and "linear_probe: skipped" in stdout
+    assert "| selected |" in stdout and "mechanics only, not a fine-tuning result" in stdout
     check_run_dir(tmp_path, processes)
+
+
+def test_example_from_local_pretrained_checkpoints(tmp_path):
+    """``--small/--large`` as a local causal-LM checkpoint (a Llama and its tokenizer in a folder):
+    loaded through AutoModelForCausalLM, cut to their first blocks, LoRA on peft's targets; the
+    fixed masks it lacks (BitFit: Llama has no biases) are skipped and said so in the table."""
+    checkpoint = tmp_path / "llama"
+    tokenizer = train_tokenizer(read_csv(DATA / "train.csv"))
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_attention_heads=4,
+                         num_key_value_heads=2, num_hidden_layers=3, max_position_embeddings=128,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    LlamaForCausalLM(config).save_pretrained(checkpoint)
+    tokenizer.save_pretrained(checkpoint)
+    out = tmp_path / "run"
+    stdout = launch(["--small", str(checkpoint), "--large", str(checkpoint), "--small_blocks", "1",
+                     "--large_blocks", "2", "--peft", "lora", "bitfit"], out)
+    assert "LlamaForCausalLM with 1 blocks (cut" in stdout and "LlamaForCausalLM with 2 blocks (cut" in stdout
+    assert "RANDOMLY INITIALISED" not in stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [run["name"] for run in metrics["runs"]] == ["selected", "lora"] and set(metrics["skipped"]) == {"bitfit"}
+    table = [line for line in stdout.splitlines() if line.startswith("| ")]
+    assert table[0].startswith("| mask |") and any(line.startswith("| lora | lora_A+lora_B |") for line in table)
+    assert any(line.startswith("| bitfit | skipped") for line in table)
+    for run in metrics["runs"]:
+        assert math.isfinite(run["perplexity"]) and 1 < run["perplexity"]
 
 
 def test_example_under_bf16_mixed_precision(tmp_path):

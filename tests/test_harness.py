@@ -1,6 +1,6 @@
 """The real-model benchmark harness: its rankings, masks, schedules and curves against brute
-force and closed forms, and the Table 3 and learning-rate-free scripts end to end in their
---quick mode (a tiny random BERT, offline)."""
+force and closed forms, and the Table 3, Table 4, cuts and learning-rate-free scripts end to
+end in their --quick mode (a tiny random BERT or Llama, offline)."""
 import itertools
 import json
 import math
@@ -81,6 +81,38 @@ def test_table3_quick_end_to_end(tmp_path):
     again = quick_run("table3_sst2", out, "--report", timeout=300)
     assert len(out.read_text().splitlines()) == len(rows)  # nothing retrained
     assert [line for line in again.stdout.splitlines() if line.startswith("| ")][:len(table)] == table[:len(table)]
+
+
+def test_table4_quick_end_to_end(tmp_path):
+    out = tmp_path / "runs.jsonl"
+    done = quick_run("table4_e2e", out)
+    lines = done.stdout.splitlines()
+    table = [line for line in lines if line.startswith("| ")]
+    for row in ("No fine-tuning", "Selected set 1", "LoRA", "LoRA-FA", "LayerNorm", "Full fine-tuning"):
+        assert any(line.startswith(f"| {row} |") for line in table), row
+    assert any(line.startswith("| BitFit | not applicable: the model has no bias") for line in table)
+    assert sum("| AdamW " in line for line in table) == 2  # LoRA tuned on the grid, in both tables
+    generation = lines[lines.index(next(line for line in lines if line.startswith("## Generation"))) + 2]
+    assert generation.split(" | ")[2:7] == ["BLEU", "NIST", "METEOR", "ROUGE-L", "CIDEr"]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    trained = [r for r in rows if r["key"]["kind"] == "train"]
+    assert {r["key"]["kind"] for r in rows} == {"select", "train", "pretrained"}
+    assert all(r["metric"] > 1.0 and math.isfinite(r["metric"]) and 0.0 < r["fraction"] <= 1.0 for r in trained)
+    scored = [r for r in trained if r["scores"]]
+    assert scored and all(0.0 <= r["scores"]["BLEU"] <= 100.0 and 0.0 <= r["scores"]["ROUGE-L"] <= 1.0 for r in scored)
+    assert len({json.dumps(r["key"], sort_keys=True) for r in rows}) == len(rows)  # each run once
+    again = quick_run("table4_e2e", out, "--report", timeout=300)
+    assert len(out.read_text().splitlines()) == len(rows)  # nothing retrained
+    assert [line for line in again.stdout.splitlines() if line.startswith("| ")] == table
+
+
+def test_cuts_quick():
+    done = subprocess.run([sys.executable, "-m", "benchmarks.cuts", "--quick"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line.split(" | ") for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [r[1].split(":")[0] for r in rows] == ["all", "first", "first + last 2", "evenly spread"]
+    assert all(float(r[2].rstrip(" |")) > 1.0 for r in rows)
 
 
 def test_schedule_factors():
