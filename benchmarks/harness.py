@@ -13,8 +13,9 @@ harness does the rest, the same way for every benchmark (``table3_sst2`` today):
   only, so that every mask and optimizer sees the same batches.
 - ``kendall_tau``, ``masks``, ``random_mask``: rankings and the knapsack's sets.
 - ``Ledger``, ``run_once``, ``select_once``: the runs done so far, one JSON line each, so that
-  a long benchmark resumes; ``start_lr`` (the paper's starting rates), ``yes_no`` and
-  ``plot_frontier``: the pieces of the paper's tables and of its Figure 5.
+  a long benchmark resumes; ``start_lr`` (the paper's starting rates), ``best_rate`` (of an
+  AdamW grid), ``yes_no`` and ``plot_frontier``: the pieces of the paper's tables and of its
+  Figure 5.
 
 The optimizers (AdamW, GeNAdamW and the learning-rate-free peers) and schedules are in
 ``benchmarks.optimizers``.
@@ -304,6 +305,12 @@ def select_once(ledger: Ledger, task: Task, blocks: int | None, seed: int, steps
               + ", ".join(f"{k} {v:.3g}" for k, v in s.appi.items()), flush=True)
         found = ledger.add(key, asdict(s))
     return found
+
+
+def best_rate(task: Task, outcomes: dict[float, dict]) -> float:
+    """The rate whose outcome scores best on the task's metric (highest or lowest, as it says)."""
+    pick = max if task.higher_is_better else min
+    return pick(outcomes, key=lambda lr: outcomes[lr]["metric"])
 
 
 def yes_no(groups: Sequence[str] | None, categories: Sequence[str]) -> str:

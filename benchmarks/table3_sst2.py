@@ -41,7 +41,7 @@ from examples.sst2_trainer import DATA, read_tsv, wordpiece
 from gen_optim import CATEGORIES
 from gen_optim.rule import Verdict
 
-from .harness import (FULL_LR, PEFT_LR, Ledger, Optimizer, Run, kendall_tau, masks, mean_std, plot_frontier,
+from .harness import (FULL_LR, PEFT_LR, Ledger, Optimizer, Run, best_rate, kendall_tau, masks, mean_std, plot_frontier,
                       random_mask, run_once, select_once, start_lr, yes_no)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst2"
@@ -192,7 +192,7 @@ def main() -> None:
         first = {lr: r for lr, r in first.items() if r is not None}
         if len(first) < len(grid):
             return 0.0, []
-        best = max(grid, key=lambda lr: first[lr]["metric"])
+        best = best_rate(task, first)
         runs = [first[best]] + [run_once(ledger, task, Run(name, groups, Optimizer.ADAMW, best, seed), steps, gen=GEN)
                                 for seed in range(1, seeds)]
         return best, [r for r in runs if r is not None]
