@@ -320,8 +320,7 @@ def yes_no(groups: Sequence[str] | None, categories: Sequence[str]) -> str:
 
 
 def plot_frontier(path: Path, rows: dict[str, tuple[Any, str]], outcomes: dict[str, list[dict]],
-                  tuned: dict[str, tuple[float, list[dict]]], metric_label: str, metric: Callable[[dict], float],
-                  log_y: bool = False) -> None:
+                  tuned: dict[str, tuple[float, list[dict]]], metric_label: str, metric: Callable[[dict], float]) -> None:
     """The paper's Figure 5: ``metric`` (top) and the training loss (bottom) against the trainable
     fraction, for the selected sets A_k (a line), heuristic masks and baselines (``rows``' kinds
     "selected", "heuristic", "baseline", trained by GeNAdamW) and ``tuned`` (AdamW)."""
@@ -346,11 +345,10 @@ def plot_frontier(path: Path, rows: dict[str, tuple[Any, str]], outcomes: dict[s
             axis.scatter([100 * runs[0]["fraction"]], [mean(runs)], color="C3", marker="x")
         axis.set_ylabel(label)
         axis.set_xscale("log")
-        if log_y:
-            axis.set_yscale("log")
     bottom.set_xlabel("trainable parameters (%)")
     top.scatter([], [], color="C1", marker="s", label="heuristic (GeNAdamW)")
-    top.scatter([], [], color="C3", marker="x", label="heuristic (AdamW, best of grid)")
+    if tuned:
+        top.scatter([], [], color="C3", marker="x", label="heuristic (AdamW, best of grid)")
     if any(kind == "baseline" for _, kind in rows.values()):
         top.scatter([], [], color="C2", marker="^", label="baseline (GeNAdamW)")
     top.legend(fontsize=7)

@@ -254,7 +254,7 @@ def main() -> None:
               f"{100 * chosen['seconds'] / lora:.0f}% ({100 * same['seconds'] / lora:.0f}%) of a Part II LoRA run "
               f"with GeNAdamW ({lora:.0f} s on {large or 'all'} blocks)")
     if args.plot:
-        plot_frontier(args.plot, rows, outcomes, tuned, "test perplexity", lambda r: r["metric"], log_y=True)
+        plot_frontier(args.plot, rows, outcomes, tuned, "test perplexity", lambda r: r["metric"])
         print(f"\nplot: {args.plot}")
 
 
