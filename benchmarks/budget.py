@@ -8,14 +8,17 @@ after the other for each seed (interleaved, so the machine's load falls on all a
 - the same rule with no budget (``probe_budget=1e9``: every round its schedule wants);
 - the old fixed interval (``probe_every=8``) from 1e-3.
 Prints per config: wall time / AdamW's, probe forwards per training step and the compute
-fraction they stand for (``/ STEP_FORWARDS``), held-out loss (mean over seeds) against the
+fraction they stand for (``/ STEP_FORWARDS``), the forwards spent until every group's warm-up
+was over (a fixed cost: the rest grows with the run at ``probe_budget``), held-out loss (mean over seeds) against the
 unlimited rule's, and the Kendall tau of the APPI ranking against the unlimited rule's.
 ``--sst2`` adds the ranking check on all-MiniLM-L6-v2 cut to 2 blocks (LoRA equipped, all
 trainable; SST-2 from ``benchmarks.table3_sst2``), budget against unlimited.
 
 ``--all_tokens`` puts the loss on every token (where warm-up once collapsed rates).
 
-    python -m benchmarks.budget [--steps 600] [--seeds 0 1 2] [--lrs 1e-4 1e-3 1e-2] [--all_tokens] [--sst2] [--quick]
+``--no-grid`` runs only AdamW 1e-3 and the budget (the cost of a long run).
+
+    python -m benchmarks.budget [--steps 600] [--seeds 0 1 2] [--lrs 1e-4 1e-3 1e-2] [--all_tokens] [--sst2] [--no-grid] [--quick]
 """
 from __future__ import annotations
 
@@ -38,13 +41,18 @@ from .stability import load, model_for
 UNLIMITED = 1e9
 
 
-def configs(lrs: list[float], unlimited: bool) -> dict[str, dict]:
-    out = {"adamw 1e-3": dict(lr=1e-3), "adamw 3e-4": dict(lr=3e-4), "adamw 3e-3": dict(lr=3e-3)}
+def configs(lrs: list[float], unlimited: bool, grid: bool = True) -> dict[str, dict]:
+    """The runs: AdamW 1e-3 (the time reference), the budget from each start, and with ``grid``
+    AdamW 3e-4 and 3e-3 and the fixed ``probe_every=8``; with ``unlimited`` the rule without a budget."""
+    out = {"adamw 1e-3": dict(lr=1e-3)}
+    if grid:
+        out |= {"adamw 3e-4": dict(lr=3e-4), "adamw 3e-3": dict(lr=3e-3)}
     for lr in lrs:
         out[f"budget 0.1 from {lr:g}"] = dict(lr=lr, gen={})
         if unlimited:
             out[f"unlimited from {lr:g}"] = dict(lr=lr, gen=dict(probe_budget=UNLIMITED))
-    out["probe_every 8 from 0.001"] = dict(lr=1e-3, gen=dict(probe_every=8))
+    if grid:
+        out["probe_every 8 from 0.001"] = dict(lr=1e-3, gen=dict(probe_every=8))
     return out
 
 
@@ -81,17 +89,21 @@ def run(config: dict, seed: int, data, steps: int, all_tokens: bool, batch: int 
     hook = model.register_forward_pre_hook(lambda *_: probes.__setitem__(0, probes[0] + (not torch.is_grad_enabled())))
     order = random.Random(seed)
     started = time.perf_counter()
+    warmup = None  # probe forwards until every group's warm-up is over
     for _ in range(steps):
         b = batch_of(order.sample(train, batch), tokenizer.pad_token_id, all_tokens)
         opt.zero_grad()
         model(**b).loss.backward()
         opt.step()
+        if warmup is None and "gen" in config and all(g["gen_settled"] for g in opt.param_groups):
+            warmup = probes[0]
     seconds = time.perf_counter() - started
     hook.remove()
     loss = held_out(model, held_out_rows, tokenizer.pad_token_id, all_tokens)
     appi = dict(opt.state["appi"]) if "gen" in config else {}
     rounds = opt.state["gen"]["rounds"] if "gen" in config else 0
-    return dict(seconds=seconds, probes=probes[0], loss=loss if math.isfinite(loss) else math.inf, appi=appi, rounds=rounds)
+    return dict(seconds=seconds, probes=probes[0], loss=loss if math.isfinite(loss) else math.inf, appi=appi, rounds=rounds,
+                warmup=warmup)
 
 
 def sst2_taus(steps: int, seeds: list[int], quick: bool) -> None:
@@ -119,13 +131,15 @@ def main() -> None:
     parser.add_argument("--all_tokens", action="store_true", help="the loss on every token, not the reference's")
     parser.add_argument("--unlimited", action=argparse.BooleanOptionalAction, default=True,
                         help="also the rule with no budget (the costliest runs)")
+    parser.add_argument("--grid", action=argparse.BooleanOptionalAction, default=True,
+                        help="also AdamW 3e-4 and 3e-3 and the fixed probe_every=8 (without: the cost of long runs)")
     parser.add_argument("--sst2", action="store_true", help="also the APPI ranking on SST-2 (MiniLM, 2 blocks)")
     parser.add_argument("--quick", action="store_true", help="40 steps, one seed, one start: mechanics only")
     args = parser.parse_args()
     if args.quick:
         args.steps, args.seeds, args.lrs = 40, [0], [1e-3]
     data = load()
-    todo = configs(args.lrs, args.unlimited)
+    todo = configs(args.lrs, args.unlimited, args.grid)
     results: dict[str, list[dict]] = {name: [] for name in todo}
     for seed in args.seeds:
         for name, config in todo.items():
@@ -137,9 +151,9 @@ def main() -> None:
     best_loss = statistics.fmean(r["loss"] for r in results[best])
     print(f"stability task, loss on {'every token' if args.all_tokens else 'the reference'}, {args.steps} steps, "
           f"seeds {args.seeds}, warm-up included; torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print("| config | wall time / AdamW | probe rounds | probe forwards / step | compute fraction | held-out loss "
-          "| / unlimited | APPI tau vs unlimited |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| config | wall time / AdamW | probe rounds | probe forwards / step | compute fraction | warm-up forwards "
+          "| held-out loss | / unlimited | APPI tau vs unlimited |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, runs in results.items():
         loss = statistics.fmean(r["loss"] for r in runs)
         forwards = statistics.fmean(r["probes"] for r in runs) / args.steps
@@ -149,9 +163,11 @@ def main() -> None:
         if twin and twin is not runs and runs[0]["appi"]:
             vs = f"{loss / statistics.fmean(r['loss'] for r in twin):.3f}"
             tau = ", ".join(f"{kendall_tau(a['appi'], b['appi']):.2f}" for a, b in zip(runs, twin))
+        warmups = [r["warmup"] for r in runs if r.get("warmup") is not None]
+        warmup = f"{statistics.fmean(warmups):.0f}" if warmups else ""
         print(f"| {name} | {statistics.fmean(r['seconds'] for r in runs) / adamw:.3f} "
               f"| {statistics.fmean(r['rounds'] for r in runs):.0f} | {forwards:.2f} | {forwards / STEP_FORWARDS:.3f} "
-              f"| {loss:.3f} | {vs} | {tau} |", flush=True)
+              f"| {warmup} | {loss:.3f} | {vs} | {tau} |", flush=True)
     print(f"best AdamW: {best} {best_loss:.3f}; each GeNAdamW run against it: " + ", ".join(
         f"{n} {statistics.fmean(r['loss'] for r in runs) / best_loss:.3f}" for n, runs in results.items()
         if not n.startswith("adamw")))

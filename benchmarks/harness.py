@@ -27,7 +27,7 @@ import math
 import random
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -313,10 +313,12 @@ def best_rate(task: Task, outcomes: dict[float, dict]) -> float:
     return pick(outcomes, key=lambda lr: outcomes[lr]["metric"])
 
 
-def yes_no(groups: Sequence[str] | None, categories: Sequence[str]) -> str:
-    """The paper's Y/N columns: which of ``categories`` a run trains (``None``: all but LoRA's)."""
+def yes_no(groups: Sequence[str] | None, categories: Sequence[str], present: Collection[str] | None = None) -> str:
+    """The paper's Y/N columns: which of ``categories`` a run trains (``None``: all but LoRA's);
+    a category the model lacks (not in ``present``, when given) is ``-``."""
     active = set(categories) - set(LORA_GROUPS) if groups is None else set(groups)
-    return " | ".join("Y" if c in active else "N" for c in categories)
+    return " | ".join("-" if present is not None and c not in present else "Y" if c in active else "N"
+                      for c in categories)
 
 
 def plot_frontier(path: Path, rows: dict[str, tuple[Any, str]], outcomes: dict[str, list[dict]],

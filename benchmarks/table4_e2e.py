@@ -218,12 +218,12 @@ def main() -> None:
     print(f"\n## Table 4 in miniature ({time.time() - started:.0f} s)\n")
     print("| codename | optimizer | " + " | ".join(CATEGORIES) + " | test perplexity | seeds | train loss | % trainable | seconds |")
     print("|---|---|" + "---|" * len(CATEGORIES) + "---|---|---|---|---|")
-    print(f"| No fine-tuning | - | {' | '.join('N' for _ in CATEGORIES)} | {base['perplexity']:.2f} | - | - | 0 | - |")
+    print(f"| No fine-tuning | - | {yes_no((), CATEGORIES, sizes)} | {base['perplexity']:.2f} | - | - | 0 | - |")
     lines = [(name, f"GeNAdamW from {runs[0]['run']['lr']:g}", rows[name][0], runs) for name, runs in outcomes.items()]
     lines += [(name, f"AdamW {lr:g} (best of {'/'.join(f'{x:g}' for x in ADAMW_GRID)})", HEURISTICS[name], runs)
               for name, (lr, runs) in tuned.items()]
     for name, optimizer, groups, runs in lines:
-        print(f"| {name} | {optimizer} | {yes_no(groups, CATEGORIES)} | {mean_std([r['metric'] for r in runs], 1.0)} "
+        print(f"| {name} | {optimizer} | {yes_no(groups, CATEGORIES, sizes)} | {mean_std([r['metric'] for r in runs], 1.0)} "
               f"| {len(runs)} | {statistics.fmean(r['train_loss'] for r in runs):.3f} | {100 * runs[0]['fraction']:.3f} "
               f"| {statistics.fmean(r['seconds'] for r in runs):.0f} |")
     for name, why in missing.items():

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -262,6 +263,11 @@ def main(argv=None):
         out.mkdir(parents=True, exist_ok=True)
     accelerator.init_trackers("gpt2_e2e", config={k: v for k, v in vars(args).items() if not isinstance(v, list)})
     log(f"{accelerator.num_processes} process(es), {accelerator.distributed_type}, mixed precision {accelerator.mixed_precision}")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if accelerator.device.type == "cpu" and accelerator.num_processes == 1 and torch.get_num_threads() < cores:
+        log(f"training on the CPU with {torch.get_num_threads()} of {cores} threads (`accelerate launch` sets "
+            f"OMP_NUM_THREADS=1 unless told otherwise): `accelerate launch --num_cpu_threads_per_process {cores} "
+            "examples/gpt2_e2e.py` uses them all")
     train_rows, test_rows = load_rows(args)
     if args.small in TINY:
         tokenizer = train_tokenizer(train_rows)

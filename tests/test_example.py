@@ -55,6 +55,9 @@ def test_example_end_to_end(tmp_path, processes):
     stdout = launch(["--peft", "bitfit", "linear_probe"], tmp_path, processes)
     assert "RANDOMLY INITIALISED" in stdout and "linear_probe: skipped" in stdout
     assert "| selected |" in stdout and "mechanics only, not a fine-tuning result" in stdout
+    # one process on one thread (OMP_NUM_THREADS=1, as `accelerate launch` sets it) is told how to use the rest
+    one_thread = processes == 1 and len(os.sched_getaffinity(0)) > 1
+    assert ("--num_cpu_threads_per_process" in stdout) == one_thread
     check_run_dir(tmp_path, processes)
 
 

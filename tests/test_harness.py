@@ -115,6 +115,25 @@ def test_cuts_quick():
     assert all(float(r[2].rstrip(" |")) > 1.0 for r in rows)
 
 
+def test_budget_quick():
+    """The probe budget's benchmark end to end: AdamW probes nothing; the budget's warm-up
+    forwards are part of its probe forwards, and its compute fraction is theirs / 3."""
+    done = subprocess.run([sys.executable, "-m", "benchmarks.budget", "--quick", "--no-grid"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600, env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {r[0]: r[1:] for r in ([c.strip() for c in line.strip("|").split("|")] for line in done.stdout.splitlines()
+                                   if line.startswith("| ") and "---" not in line)}
+    header = rows.pop("config")
+    assert list(rows) == ["adamw 1e-3", "budget 0.1 from 0.001", "unlimited from 0.001"]
+    col = {name: header.index(name) for name in ("probe forwards / step", "compute fraction", "warm-up forwards")}
+    adamw, budget = rows["adamw 1e-3"], rows["budget 0.1 from 0.001"]
+    assert float(adamw[col["probe forwards / step"]]) == 0.0 and adamw[col["warm-up forwards"]] == ""
+    forwards = float(budget[col["probe forwards / step"]])
+    assert float(budget[col["compute fraction"]]) == pytest.approx(forwards / 3, abs=2e-3)
+    assert 0 < int(budget[col["warm-up forwards"]]) <= forwards * 40 + 0.5  # 40 steps in --quick
+    assert "Kendall tau" in done.stdout
+
+
 def test_schedule_factors():
     steps = 200
     warm = round(WARMUP_FRACTION * steps)
