@@ -201,13 +201,14 @@ def main() -> None:
 
     # the PEFT-sized rows first, then full fine-tuning, AdamW's LoRA grid, and last the selected sets that
     # train most of the model (the costliest, least telling)
-    heavy = [name for name in rows if start_lr(rows[name][0], sizes) == FULL_LR]
-    first = [name for name in rows if name not in heavy] + [name for name in heavy if rows[name][1] != "selected"]
+    last = [name for name in rows if rows[name][1] == "selected" and start_lr(rows[name][0], sizes) == FULL_LR]
+    first = [name for name in rows if start_lr(rows[name][0], sizes) != FULL_LR]
+    first += [name for name in rows if name not in first and name not in last]
     outcomes = {name: gen_runs(name, rows[name][0]) for name in first}
     grid = {lr: run_once(ledger, task, Run("LoRA", LORA_GROUPS, Optimizer.ADAMW, lr, 0), steps, large,
                          score=task.generation) for lr in ADAMW_GRID}
     grid = {lr: r for lr, r in grid.items() if r is not None}
-    outcomes |= {name: gen_runs(name, rows[name][0]) for name in heavy if name not in outcomes}
+    outcomes |= {name: gen_runs(name, rows[name][0]) for name in last}
     tuned = {}
     if len(grid) == len(ADAMW_GRID):
         best = best_rate(task, grid)

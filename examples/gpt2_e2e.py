@@ -59,7 +59,7 @@ class Family:
 FAMILIES = {
     "tiny": Family("tiny-small", "tiny-large", None, steps=200, batch_size=16),
     # every cut of SmolLM2 is a broken LM (test perplexity 8.5e8 with its first 4 blocks, 23.7 with all 30:
-    # benchmarks/cuts.py), so Part II trains all 30 blocks; 60 steps of batch 8 take minutes on a CPU
+    # benchmarks/cuts.py), so Part II trains all 30 blocks; the default run takes about half an hour on one CPU thread
     SMOLLM2: Family(SMOLLM2, SMOLLM2, 4, steps=60, batch_size=8),
 }
 HUB = Family("", "", None, steps=200, batch_size=16)  # --small/--large given: the defaults for any model
