@@ -23,6 +23,7 @@ trainable; SST-2 from ``benchmarks.table3_sst2``), budget against unlimited.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import random
 import statistics
@@ -36,7 +37,7 @@ from gen_optim import GeNAdamW, group_parameters, replay_closure
 from gen_optim.rule import STEP_FORWARDS
 
 from .harness import kendall_tau
-from .stability import load, model_for
+from .stability import held_out_loss, load, model_for
 
 UNLIMITED = 1e9
 
@@ -64,19 +65,6 @@ def batch_of(examples, pad_id: int, all_tokens: bool) -> dict[str, torch.Tensor]
     return b
 
 
-@torch.no_grad()
-def held_out(model, examples, pad_id: int, all_tokens: bool, batch: int = 64) -> float:
-    model.eval()
-    total, count = 0.0, 0
-    for i in range(0, len(examples), batch):
-        b = batch_of(examples[i : i + batch], pad_id, all_tokens)
-        tokens = int((b["labels"][:, 1:] != -100).sum())
-        total += model(**b).loss.item() * tokens
-        count += tokens
-    model.train()
-    return total / count
-
-
 def run(config: dict, seed: int, data, steps: int, all_tokens: bool, batch: int = 16) -> dict:
     train, held_out_rows, tokenizer = data
     model = model_for(tokenizer, seed)
@@ -99,7 +87,8 @@ def run(config: dict, seed: int, data, steps: int, all_tokens: bool, batch: int 
             warmup = probes[0]
     seconds = time.perf_counter() - started
     hook.remove()
-    loss = held_out(model, held_out_rows, tokenizer.pad_token_id, all_tokens)
+    loss = held_out_loss(model, held_out_rows, tokenizer.pad_token_id,
+                         collate_fn=functools.partial(batch_of, all_tokens=all_tokens))
     appi = dict(opt.state["appi"]) if "gen" in config else {}
     rounds = opt.state["gen"]["rounds"] if "gen" in config else 0
     return dict(seconds=seconds, probes=probes[0], loss=loss if math.isfinite(loss) else math.inf, appi=appi, rounds=rounds,

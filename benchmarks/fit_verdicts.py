@@ -16,64 +16,29 @@ from __future__ import annotations
 import argparse
 import collections
 import random
-import tempfile
 import time
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification
 
-from examples.sst2_trainer import DATA, read_tsv
+from examples.sst2_trainer import DATA
 from gen_optim import GeNAdamW, group_parameters
 from gen_optim.rule import Verdict
 
-def load(quick: bool):
-    if quick:
-        from transformers import BertTokenizerFast
-        from tokenizers import BertWordPieceTokenizer
-
-        wp = BertWordPieceTokenizer(lowercase=True)
-        wp.train_from_iterator((s for s, _ in read_tsv(DATA / "sst2_train.tsv")), vocab_size=1000, show_progress=False)
-        folder = tempfile.mkdtemp()
-        wp.save_model(folder)
-        tokenizer = BertTokenizerFast(vocab_file=f"{folder}/vocab.txt")
-        torch.manual_seed(0)
-        config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                            intermediate_size=64, num_labels=2)
-        return BertForSequenceClassification(config), tokenizer
-    from all_minilm_l6_v2 import extract_model
-
-    path = str(extract_model(tempfile.mkdtemp(prefix="minilm-")))
-    torch.manual_seed(0)
-    return AutoModelForSequenceClassification.from_pretrained(path, num_labels=2), AutoTokenizer.from_pretrained(path)
+from .table3_sst2 import SST2
 
 
-def batch_of(rows, tokenizer):
-    enc = tokenizer([s for s, _ in rows], truncation=True, max_length=64, padding=True, return_tensors="pt")
-    return {**enc, "labels": torch.tensor([y for _, y in rows])}
-
-
-@torch.no_grad()
-def accuracy(model, rows, tokenizer) -> float:
-    model.eval()
-    correct = 0
-    for i in range(0, len(rows), 64):
-        batch = batch_of(rows[i : i + 64], tokenizer)
-        labels = batch.pop("labels")
-        correct += int((model(**batch).logits.argmax(-1) == labels).sum())
-    model.train()
-    return correct / len(rows)
-
-
-def run(lr: float, steps: int, quick: bool, train, dev):
-    model, tokenizer = load(quick)
+def run(task: SST2, lr: float, steps: int):
+    """Full fine-tuning from ``lr`` (seed 0's model and batches); the optimizer, each group's
+    verdict counts and the dev accuracy."""
+    model = task.model(None, seed=0)
     batch = {}
     opt = GeNAdamW(group_parameters(model), lambda: model(**batch).loss, lr=lr)
     order = random.Random(0)
     verdicts = collections.defaultdict(collections.Counter)
     for _ in range(steps):
         batch.clear()
-        batch.update(batch_of(order.sample(train, 16), tokenizer))
+        batch.update(task.batch(order))
         opt.zero_grad()
         model(**batch).loss.backward()
         step = opt.state["gen"]["step"]
@@ -82,7 +47,7 @@ def run(lr: float, steps: int, quick: bool, train, dev):
         if last is not None and last["step"] == step:  # this step probed: count its verdicts
             for name, entry in last["groups"].items():
                 verdicts[name][Verdict(entry["verdict"])] += 1
-    return opt, verdicts, accuracy(model, dev, tokenizer)
+    return opt, verdicts, task.evaluate(model)[0]
 
 
 def main():
@@ -94,13 +59,13 @@ def main():
     parser.add_argument("--quick", action="store_true", help="a tiny random BERT, 12 steps: mechanics only")
     args = parser.parse_args()
     steps = 12 if args.quick else args.steps
-    train, dev = read_tsv(Path(args.train_file)), read_tsv(Path(args.dev_file))
+    task = SST2(Path(args.train_file), Path(args.dev_file), args.quick)
     started = time.time()
     order = [Verdict.ACCEPTED, Verdict.CLIMB, Verdict.CONCAVE, Verdict.POOR, Verdict.FLAT, Verdict.NONFINITE]
     print(f"{'tiny random BERT (--quick)' if args.quick else 'all-MiniLM-L6-v2'}, full fine-tuning on SST-2, "
           f"{steps} steps, batch 16; torch {torch.__version__}")
     for lr in args.lrs:
-        opt, verdicts, acc = run(lr, steps, args.quick, train, dev)
+        opt, verdicts, acc = run(task, lr, steps)
         print(f"\nGeNAdamW from lr {lr:g}: dev accuracy {acc:.4f} ({time.time() - started:.0f} s)")
         print("| group | " + " | ".join(v.name.lower() for v in order) + " | APPI | fitted rate |")
         print("|---|" + "---|" * (len(order) + 2))

@@ -11,7 +11,8 @@ harness does the rest, the same way for every benchmark (``table3_sst2`` today):
 - ``train``: Part II. The model with LoRA equipped, only ``Run.groups`` trainable, trained by
   ``Run.optimizer`` from ``Run.lr`` for the given steps; the data order depends on the seed
   only, so that every mask and optimizer sees the same batches.
-- ``kendall_tau``, ``masks``, ``random_mask``: rankings and the knapsack's sets.
+- ``kendall_tau``, ``masks``, ``random_mask``, ``frontier_gap``: rankings, the knapsack's
+  sets, and how close the greedy chain comes to the exact frontier.
 - ``Ledger``, ``run_once``, ``select_once``: the runs done so far, one JSON line each, so that
   a long benchmark resumes; ``start_lr`` (the paper's starting rates), ``best_rate`` (of an
   AdamW grid), ``yes_no`` and ``plot_frontier``: the pieces of the paper's tables and of its
@@ -37,7 +38,7 @@ from torch import nn
 
 from gen_optim import GeNAdamW, Mask, equip_lora, group_parameters
 from gen_optim.grouping import real_numel
-from gen_optim.mask import frontier, propose
+from gen_optim.mask import FrontierPoint, frontier, propose
 
 from .common import HeapPeak, heap_in_use
 from .optimizers import Optimizer, Schedule, build, probe_stream
@@ -214,6 +215,29 @@ def masks(scores: dict[str, float], sizes: dict[str, int], eps: float) -> tuple[
     return chain, propose(scores, sizes, eps, "greedy").active
 
 
+@dataclass(frozen=True)
+class FrontierGap:
+    """One budget of the exact Pareto frontier (the paper's Section 4.3): the exact knapsack's
+    set there, and the greedy chain's heaviest set within the same budget."""
+
+    greedy: FrontierPoint
+    exact: FrontierPoint
+
+    @property
+    def ratio(self) -> float:
+        """The influence the greedy set captures, as a share of the exact optimum's."""
+        return self.greedy.value / self.exact.value
+
+
+def frontier_gap(scores: dict[str, float], sizes: dict[str, int]) -> list[FrontierGap]:
+    """At every budget where the exact frontier has a non-empty set, how close greedy comes
+    (values are ``scores x size`` summed over a set: the knapsack's influence)."""
+    weight = lambda groups: sum(sizes[n] for n in groups)  # noqa: E731 (integers: no rounding of fractions)
+    chain = frontier(scores, sizes, "greedy")  # nested, lightest first
+    return [FrontierGap([p for p in chain if weight(p.groups) <= weight(point.groups)][-1], point)
+            for point in frontier(scores, sizes, "exact") if point.value > 0]
+
+
 def random_mask(sizes: dict[str, int], eps: float, seed: int) -> tuple[str, ...]:
     """A uniformly drawn non-empty set of groups whose trainable fraction is at most ``eps``."""
     names = list(sizes)
@@ -285,17 +309,28 @@ def run_once(ledger: Ledger, task: Task, run: Run, steps: int, blocks: int | Non
     (``None`` when the ledger only reports)."""
     key = {"kind": "train", "groups": None if run.groups is None else sorted(run.groups), "blocks": blocks,
            "optimizer": run.optimizer.value, "lr": run.lr, "seed": run.seed, "steps": steps}
+    if gen and run.optimizer is Optimizer.GEN:
+        key["gen"] = gen  # GeNAdamW's settings beyond the defaults: a run with other settings is another run
     found = ledger.find(key)
     if found is None and not ledger.report_only:
         found = ledger.add(key, train(task, run, steps, blocks, gen=gen, score=score).to_dict())
     return found
 
 
+def select_key(blocks: int | None, seed: int, steps: int, select_at: int, lr: float, by: str = "category",
+               gen: dict[str, Any] | None = None) -> dict:
+    """The ledger key of a Part I run (GeNAdamW's settings beyond its defaults included)."""
+    key = {"kind": "select", "blocks": blocks, "seed": seed, "steps": steps, "select_at": select_at, "lr": lr, "by": by}
+    if gen:
+        key["gen"] = gen
+    return key
+
+
 def select_once(ledger: Ledger, task: Task, blocks: int | None, seed: int, steps: int, select_at: int, lr: float,
                 by: str = "category", gen: dict[str, Any] | None = None) -> dict:
     """Part I's record (``select``) from the ledger, else run now; a report-only ledger
     without it stops the benchmark, saying which run is missing."""
-    key = {"kind": "select", "blocks": blocks, "seed": seed, "steps": steps, "select_at": select_at, "lr": lr, "by": by}
+    key = select_key(blocks, seed, steps, select_at, lr, by, gen)
     found = ledger.find(key)
     if found is None and ledger.report_only:
         raise SystemExit("--report: Part I with " + ", ".join(f"{k} {v}" for k, v in key.items()) + " has not run yet")
@@ -325,7 +360,8 @@ def plot_frontier(path: Path, rows: dict[str, tuple[Any, str]], outcomes: dict[s
                   tuned: dict[str, tuple[float, list[dict]]], metric_label: str, metric: Callable[[dict], float]) -> None:
     """The paper's Figure 5: ``metric`` (top) and the training loss (bottom) against the trainable
     fraction, for the selected sets A_k (a line), heuristic masks and baselines (``rows``' kinds
-    "selected", "heuristic", "baseline", trained by GeNAdamW) and ``tuned`` (AdamW)."""
+    "selected", "heuristic", "baseline", trained by GeNAdamW) and ``tuned`` (masks trained by AdamW
+    at its best grid rate)."""
     from gen_optim.plots import _pyplot
 
     plt = _pyplot()
@@ -340,7 +376,7 @@ def plot_frontier(path: Path, rows: dict[str, tuple[Any, str]], outcomes: dict[s
         for name, (_, kind) in rows.items():
             if kind in styles:
                 color, marker = styles[kind]
-                x, y = 100 * outcomes[name][0]["fraction"], mean(outcomes[name])
+                x, y = 100 * statistics.fmean(r["fraction"] for r in outcomes[name]), mean(outcomes[name])
                 axis.scatter([x], [y], color=color, marker=marker)
                 axis.annotate(name, (x, y), fontsize=7)
         for name, (_, runs) in tuned.items():
@@ -350,7 +386,7 @@ def plot_frontier(path: Path, rows: dict[str, tuple[Any, str]], outcomes: dict[s
     bottom.set_xlabel("trainable parameters (%)")
     top.scatter([], [], color="C1", marker="s", label="heuristic (GeNAdamW)")
     if tuned:
-        top.scatter([], [], color="C3", marker="x", label="heuristic (AdamW, best of grid)")
+        top.scatter([], [], color="C3", marker="x", label="AdamW at its best grid rate")
     if any(kind == "baseline" for _, kind in rows.values()):
         top.scatter([], [], color="C2", marker="^", label="baseline (GeNAdamW)")
     top.legend(fontsize=7)

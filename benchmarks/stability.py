@@ -66,11 +66,13 @@ def load(n_train: int = 4000, n_held_out: int = 256):
 
 
 @torch.no_grad()
-def held_out_loss(model, examples, pad_id, batch=64):
+@torch.no_grad()
+def held_out_loss(model, examples, pad_id, batch=64, collate_fn=collate):
+    """The mean loss per labelled token over ``examples``, batched by ``collate_fn``."""
     model.eval()
     total, count = 0.0, 0
     for i in range(0, len(examples), batch):
-        b = collate(examples[i : i + batch], pad_id)
+        b = collate_fn(examples[i : i + batch], pad_id)
         tokens = int((b["labels"][:, 1:] != -100).sum())
         total += model(**b).loss.item() * tokens
         count += tokens

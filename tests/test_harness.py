@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.harness import curve, kendall_tau, masks, random_mask
+from benchmarks.harness import curve, frontier_gap, kendall_tau, masks, random_mask
 from benchmarks.optimizers import WARMUP_FRACTION, Optimizer, Schedule
 from gen_optim.mask import propose
 
@@ -65,6 +65,30 @@ def quick_run(module, out, *extra, timeout=600):
     return done
 
 
+def test_frontier_gap_against_brute_force():
+    # a closed form first: greedy takes a (ratio 2) then b; at budget 20 the exact optimum is b + c
+    gap = frontier_gap({"a": 2.0, "b": 1.5, "c": 1.5}, {"a": 1, "b": 10, "c": 10})
+    at_20 = next(g for g in gap if sorted(g.exact.groups) == ["b", "c"])
+    assert at_20.greedy.groups == ("a", "b") and at_20.ratio == pytest.approx(17 / 30)
+    rng = random.Random(0)
+    for _ in range(20):
+        names = [f"g{k}" for k in range(rng.randint(2, 7))]
+        sizes = {n: rng.randint(1, 50) for n in names}
+        scores = {n: rng.choice([0.0, rng.random()]) for n in names}
+        value = lambda s: sum(scores[n] * sizes[n] for n in s)  # noqa: E731
+        weight = lambda s: sum(sizes[n] for n in s)  # noqa: E731
+        subsets = [c for k in range(len(names) + 1) for c in itertools.combinations(names, k)]
+        order = sorted(names, key=lambda n: (-scores[n], sizes[n], names.index(n)))
+        prefixes = [order[:k] for k in range(len(names) + 1)]
+        for g in frontier_gap(scores, sizes):
+            budget = weight(g.exact.groups)
+            assert g.exact.value == pytest.approx(max(value(s) for s in subsets if weight(s) <= budget))
+            best_prefix = [p for p in prefixes if weight(p) <= budget][-1]
+            assert sorted(g.greedy.groups) == sorted(best_prefix)
+            assert 0.0 <= g.ratio <= 1.0 + 1e-12
+        assert all(g.exact.value > 0 for g in frontier_gap(scores, sizes))
+
+
 def test_table3_quick_end_to_end(tmp_path):
     out = tmp_path / "runs.jsonl"
     done = quick_run("table3_sst2", out)
@@ -72,7 +96,10 @@ def test_table3_quick_end_to_end(tmp_path):
     for row in ("BitFit", "LoRA", "LayerNorm", "Linear probing", "Full fine-tuning", "Gradient score", "Random",
                 "Selected set 1"):
         assert any(line.startswith(f"| {row}") for line in table), row
-    assert sum("| AdamW " in line for line in table) == 5  # each heuristic, tuned on the grid
+    # each heuristic and the selected set at the budget, tuned on the grid
+    assert sum("| AdamW " in line for line in table) == 6
+    assert any(line.startswith("| Selected set") and "(eps) | AdamW" in line for line in table)
+    assert sum(line.startswith(("| category (", "| layer (")) for line in table) == 2  # greedy against exact
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert {r["key"]["kind"] for r in rows} == {"select", "train"}
     trained = [r for r in rows if r["key"]["kind"] == "train"]
@@ -81,6 +108,12 @@ def test_table3_quick_end_to_end(tmp_path):
     again = quick_run("table3_sst2", out, "--report", timeout=300)
     assert len(out.read_text().splitlines()) == len(rows)  # nothing retrained
     assert [line for line in again.stdout.splitlines() if line.startswith("| ")][:len(table)] == table[:len(table)]
+    # GeNAdamW's settings are part of its runs' keys: the default runs do not stand in for a fixed interval
+    assert not any("gen" in r["key"] for r in rows)
+    other = subprocess.run([sys.executable, "-m", "benchmarks.table3_sst2", "--quick", "--out", str(out), "--report",
+                            "--probe_every", "8"], cwd=ROOT, env=os.environ | {"HF_HUB_OFFLINE": "1"},
+                           capture_output=True, text=True, timeout=300)
+    assert other.returncode != 0 and "'probe_every': 8" in other.stderr and "has not run yet" in other.stderr
 
 
 def test_table4_quick_end_to_end(tmp_path):
@@ -113,6 +146,22 @@ def test_cuts_quick():
     rows = [line.split(" | ") for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert [r[1].split(":")[0] for r in rows] == ["all", "first", "first + last 2", "evenly spread"]
     assert all(float(r[2].rstrip(" |")) > 1.0 for r in rows)
+
+
+def test_fit_verdicts_quick():
+    """The verdict counts per group (through the SST-2 task of Table 3): every group of the
+    AdaPEFT categories, each round judged once, a fitted rate and APPI for each."""
+    done = subprocess.run([sys.executable, "-m", "benchmarks.fit_verdicts", "--quick", "--lrs", "1e-3"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line.strip("| ").split(" | ") for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    header, body = rows[0], rows[1:]
+    assert header[1:7] == ["accepted", "climb", "concave", "poor", "flat", "nonfinite"]
+    assert {r[0] for r in body} == {"head", "norm", "bias", "embed", "others"}
+    # 12 steps, all within warm-up: every group is probed and judged at every step
+    assert [sum(int(x) for x in r[1:7]) for r in body] == [12] * len(body)
+    assert all(float(r[7]) >= 0.0 and float(r[8]) > 0.0 for r in body)
+    assert "dev accuracy" in done.stdout
 
 
 def test_budget_quick():
