@@ -66,7 +66,6 @@ def load(n_train: int = 4000, n_held_out: int = 256):
 
 
 @torch.no_grad()
-@torch.no_grad()
 def held_out_loss(model, examples, pad_id, batch=64, collate_fn=collate):
     """The mean loss per labelled token over ``examples``, batched by ``collate_fn``."""
     model.eval()

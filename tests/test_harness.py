@@ -56,13 +56,18 @@ def test_masks_and_random_mask():
     assert random_mask(sizes, 0.05, 3) == random_mask(sizes, 0.05, 3)
 
 
-def quick_run(module, out, *extra, timeout=600):
-    """``python -m benchmarks.MODULE --quick --out OUT [extra]``, offline; must succeed."""
-    command = [sys.executable, "-m", f"benchmarks.{module}", "--quick", "--out", str(out), *extra]
-    done = subprocess.run(command, cwd=ROOT, env=os.environ | {"HF_HUB_OFFLINE": "1"}, capture_output=True, text=True,
-                          timeout=timeout)
-    assert done.returncode == 0, done.stderr[-3000:]
+def quick_benchmark(module, *args, timeout=600, check=True):
+    """``python -m benchmarks.MODULE --quick [args]``, offline; with ``check``, it must succeed."""
+    done = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", "--quick", *args], cwd=ROOT,
+                          env=os.environ | {"HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert done.returncode == 0, done.stderr[-3000:]
     return done
+
+
+def quick_run(module, out, *extra, timeout=600):
+    """A ledger benchmark's ``--quick`` run into ``out``; must succeed."""
+    return quick_benchmark(module, "--out", str(out), *extra, timeout=timeout)
 
 
 def test_frontier_gap_against_brute_force():
@@ -110,9 +115,7 @@ def test_table3_quick_end_to_end(tmp_path):
     assert [line for line in again.stdout.splitlines() if line.startswith("| ")][:len(table)] == table[:len(table)]
     # GeNAdamW's settings are part of its runs' keys: the default runs do not stand in for a fixed interval
     assert not any("gen" in r["key"] for r in rows)
-    other = subprocess.run([sys.executable, "-m", "benchmarks.table3_sst2", "--quick", "--out", str(out), "--report",
-                            "--probe_every", "8"], cwd=ROOT, env=os.environ | {"HF_HUB_OFFLINE": "1"},
-                           capture_output=True, text=True, timeout=300)
+    other = quick_benchmark("table3_sst2", "--out", str(out), "--report", "--probe_every", "8", timeout=300, check=False)
     assert other.returncode != 0 and "'probe_every': 8" in other.stderr and "has not run yet" in other.stderr
 
 
@@ -140,9 +143,7 @@ def test_table4_quick_end_to_end(tmp_path):
 
 
 def test_cuts_quick():
-    done = subprocess.run([sys.executable, "-m", "benchmarks.cuts", "--quick"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, env=os.environ | {"HF_HUB_OFFLINE": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = quick_benchmark("cuts", timeout=300)
     rows = [line.split(" | ") for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert [r[1].split(":")[0] for r in rows] == ["all", "first", "first + last 2", "evenly spread"]
     assert all(float(r[2].rstrip(" |")) > 1.0 for r in rows)
@@ -151,9 +152,7 @@ def test_cuts_quick():
 def test_fit_verdicts_quick():
     """The verdict counts per group (through the SST-2 task of Table 3): every group of the
     AdaPEFT categories, each round judged once, a fitted rate and APPI for each."""
-    done = subprocess.run([sys.executable, "-m", "benchmarks.fit_verdicts", "--quick", "--lrs", "1e-3"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300, env=os.environ | {"HF_HUB_OFFLINE": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = quick_benchmark("fit_verdicts", "--lrs", "1e-3", timeout=300)
     rows = [line.strip("| ").split(" | ") for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line]
     header, body = rows[0], rows[1:]
     assert header[1:7] == ["accepted", "climb", "concave", "poor", "flat", "nonfinite"]
@@ -167,9 +166,7 @@ def test_fit_verdicts_quick():
 def test_budget_quick():
     """The probe budget's benchmark end to end: AdamW probes nothing; the budget's warm-up
     forwards are part of its probe forwards, and its compute fraction is theirs / 3."""
-    done = subprocess.run([sys.executable, "-m", "benchmarks.budget", "--quick", "--no-grid"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600, env=os.environ | {"HF_HUB_OFFLINE": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = quick_benchmark("budget", "--no-grid")
     rows = {r[0]: r[1:] for r in ([c.strip() for c in line.strip("|").split("|")] for line in done.stdout.splitlines()
                                    if line.startswith("| ") and "---" not in line)}
     header = rows.pop("config")
