@@ -12,6 +12,11 @@ probed step, see ``ppi``). When no probe changes the
 loss by more than ``resolution`` (a group the loss does not depend on yet, such as LoRA's
 ``A`` while ``B = 0``) the fit is *flat*: it carries no information about the rate. A fit is
 *uphill* when the probe at the largest positive step raised the loss: the rate overshoots.
+A climbing fit (``A < 0``: the loss rises along the last update) *overshoots* when it is convex
+and its minimum lies behind, among the probes (``-back <= A / B < 0``): the last steps went
+past the minimum. A climb whose minimum lies beyond the probes (or that is concave) is a slope
+of this batch rising along the update at every probed step: a statement about the direction on
+this batch, not about how far the steps go.
 """
 from __future__ import annotations
 
@@ -33,11 +38,17 @@ class Fit:
     flat: bool = False
     uphill: bool = False  # the probe at the largest positive step raised the loss: the rate overshoots
     reach: float = float("inf")  # the largest positive step probed: the parabola is data up to here
+    back: float = float("inf")  # the largest backward step probed (0: none)
 
     @property
     def rate(self) -> float:
         """The step that minimises the fitted parabola, ``A / B``."""
         return self.A / self.B
+
+    @property
+    def overshoots(self) -> bool:
+        """A climb whose parabola has its minimum behind, within the probes (``-back <= A / B < 0``)."""
+        return bool(self.A < 0 < self.B and self.A / self.B >= -self.back)
 
 
 def fit_quadratic(etas: np.ndarray, delta_losses: np.ndarray, resolution: float = 0.0) -> Fit:
@@ -84,4 +95,5 @@ class Probes:
         far = int(np.argmax(self.etas))
         uphill = not fit.flat and (not np.isfinite(delta).all() or (self.etas[far] > 0 and delta[far] > 0))
         reach = max((e for e in self.etas if e > 0), default=float("inf"))
-        return replace(fit, uphill=bool(uphill), reach=float(reach))
+        back = max((-e for e in self.etas if e < 0), default=0.0)
+        return replace(fit, uphill=bool(uphill), reach=float(reach), back=float(back))

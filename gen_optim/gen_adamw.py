@@ -8,24 +8,28 @@ of the first ``ceil(1 / (1 - beta1)) + warmup`` steps when ``probe_every`` is gi
 
 0. in each group's first round, a backtracking line search (``search`` re-probes at most) lowers
    each rate that is too high for one fit to correct: a poor fit (the probes left the
-   quadratic regime) divides the rate by 4, a clean convex fit whose minimum ``A / B`` lies
-   below ``rate_clip[0]`` times the rate moves it to ``A / B`` (by 4x at most), then it
+   quadratic regime) divides the rate by 4, a clean convex fit whose *fitted rate* (below)
+   lies below ``rate_clip[0]`` times the rate moves it there (by 4x at most), then it
    probes again (a rate too high does its damage in one step; one too low grows in warm-up);
 1. for each group k with gradients, the loss is evaluated at ``w - eta_j d_k`` for
    ``eta_j = s_j * lr_k`` (``s_j`` in ``probe_scales``), only group k moved (see ``probe``);
    ``d_k`` is the previous update's AdamW direction, which the current batch never entered
    (``probe_direction="previous"``), or this step's (``"current"``, the paper's);
 2. ``L(eta) - L0 = -eta A + eta^2/2 B`` is fitted (see ``fit``); when ``A > 0``, ``B > 0`` and
-   ``R^2 >= r2_min`` the group's rate moves towards ``A / B`` (clipped to ``rate_clip`` times
-   the current rate, then smoothed: ``lr <- smoothing lr + (1 - smoothing) target``, with no
-   smoothing during warm-up) and ``PPI_k`` (``fit.ppi``: ``A^2 / (B |w_k|)``, capped at the
-   farthest probed step) is added to ``APPI_k``. A fit may *raise* a rate only once AdamW's
-   moments are past their transient (``ceil(1 / (1 - beta1))`` steps) and the group's
-   *descent tally* (its recent clean fits that descended, minus those that climbed) is
-   clearly positive; else it holds the rate. A clean fit with ``A <= 0`` when the tally is
-   not positive, or during warm-up a descending fit whose largest probe step raised the loss
-   (*uphill*), moves it towards ``rate_clip[0]`` times itself; other rejected fits, and flat
-   ones (no probe moved the loss beyond float32 rounding), leave it alone (see ``rule``);
+   ``R^2 >= r2_min`` the group's rate moves towards its *fitted rate* ``A / B / M``: the
+   parabola's minimum spread over the ``M = ceil(1 / (1 - beta1))`` steps that AdamW's first
+   moment carries a direction into (clipped to ``rate_clip`` times the current rate, then
+   smoothed: ``lr <- smoothing lr + (1 - smoothing) target``, with no smoothing during
+   warm-up) and ``PPI_k`` (``fit.ppi``: ``A^2 / (B |w_k|)``, capped at the farthest probed
+   step) is added to ``APPI_k``. A fit may *raise* a rate only once AdamW's moments are past
+   their transient (``M`` steps) and the group's *descent tally* (its recent clean fits that
+   descended, minus those that climbed) is clearly positive; else it holds the rate. A clean
+   climb (``A <= 0``) that *overshoots* (its parabola's minimum lies behind, within the probes)
+   moves it towards ``rate_clip[0]`` times itself in the moments' transient or when the tally
+   is clearly negative, and so does, during warm-up, a descending fit whose largest probe step
+   raised the loss (*uphill*); a climb with no minimum behind it within the probes, other
+   rejected fits, and flat ones (no probe moved the loss beyond float32 rounding), leave it
+   alone (see ``rule``);
 3. with ``joint=True``, after the update the loss is evaluated once more at the new weights;
    with the slope ``G'delta = -sum_k lr_k A_k`` this fits the loss along the combined step
    ``delta``, and when the combined step passed its optimum ``c* < 1`` every fitted rate is

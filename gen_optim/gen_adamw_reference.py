@@ -91,8 +91,8 @@ class GeNAdamWReference(torch.optim.Optimizer):
                 A, B, r2, _ = fit
                 if not r2 >= group["r2_min"]:
                     group["gen_lr"] /= 4
-                elif A > 0 and B > 0 and A / B < group["rate_clip"][0] * group["gen_lr"]:
-                    group["gen_lr"] = max(A / B, group["gen_lr"] / 4)
+                elif A > 0 and B > 0 and A / B / group["moment_steps"] < group["rate_clip"][0] * group["gen_lr"]:
+                    group["gen_lr"] = max(A / B / group["moment_steps"], group["gen_lr"] / 4)
                 else:
                     continue
                 lowered.append((group, params))
@@ -133,20 +133,23 @@ class GeNAdamWReference(torch.optim.Optimizer):
                 if accepted:
                     step = min(A / B, max(group["probe_scales"]) * old)  # the parabola's minimum, or the farthest probe
                     self.appi[group["name"]] += 2 * (A * step - B * step**2 / 2) / sum(p.numel() for p in group["params"])
-                    target = min(max(A / B, lo * group["gen_lr"]), hi * group["gen_lr"])
+                    # the parabola's minimum, spread over the steps the first moment carries d into
+                    target = min(max(A / B / group["moment_steps"], lo * group["gen_lr"]), hi * group["gen_lr"])
                     group["gen_lr"] = smoothing * group["gen_lr"] + (1 - smoothing) * target
                     # a fit may raise the rate only past the moments' transient, when the direction has
                     # clearly descended lately (a tally one standard deviation of a fair coin's above 0)
                     if held or group["descent"] < (1 / (1 - 0.9**2)) ** 0.5:
                         group["gen_lr"] = min(group["gen_lr"], old)
                 elif fit is not None and (
-                        (A <= 0 and r2 >= group["r2_min"] and (held or group["descent"] <= -(1 / (1 - 0.9**2)) ** 0.5))  # clearly climbing
+                        # a clean climb whose minimum lies behind, within the probes, when it clearly climbs
+                        (A < 0 < B and A / B >= min(min(group["probe_scales"]), 0.0) * old and r2 >= group["r2_min"]
+                         and (held or group["descent"] <= -(1 / (1 - 0.9**2)) ** 0.5))
                         or (warming and uphill and not A <= 0)):  # overshooting (NaN probes too) in warm-up
                     group["gen_lr"] = smoothing * group["gen_lr"] + (1 - smoothing) * lo * group["gen_lr"]
                     shrunk = True
                 if group["probe_every"] is None:  # the budget's schedule after this round
                     settled = group["settled"] or group["rounds"] >= group["warmup_rounds"] or (
-                        not held and accepted and lo * old <= A / B <= hi * old)
+                        not held and accepted and lo * old <= A / B / group["moment_steps"] <= hi * old)
                     if settled and not group["settled"]:
                         group["credit"] = min(group["credit"], 0.0)  # warm-up's unspent credit is dropped
                     moved = shrunk or not 1 / 1.05 < group["gen_lr"] / old < 1.05

@@ -8,8 +8,9 @@ settings (``RateRule``), a ``Fit`` and the group's fitted rate; nothing here tou
   default) each group keeps a ``Schedule``: it earns ``probe_budget * STEP_FORWARDS / K``
   forwards of *credit* per training step (K groups share the budget), pays for each probe it
   gets, and is due when its credit is not negative and its interval has passed. It starts
-  with the credit of its warm-up (``warmup`` rounds and ``search`` re-probes); its warm-up lasts until a fit settles its rate (an
-  accepted fit whose minimum lies within ``rate_clip`` of the rate) or ``warmup`` rounds
+  with the credit of its warm-up (``warmup`` rounds and ``search`` re-probes); its warm-up
+  lasts until a fit settles its rate (an accepted fit whose fitted rate lies within
+  ``rate_clip`` of the rate) or ``warmup`` rounds
   have run, and the credit warm-up left over is then dropped, so that after warm-up probing
   costs at most ``probe_budget`` of the training compute. After warm-up the interval doubles
   while the rate is steady (a round moves it by less than ``STEADY``) and falls back to one
@@ -22,29 +23,40 @@ settings (``RateRule``), a ``Fit`` and the group's fitted rate; nothing here tou
   100%, 53%, 37%, ... of the bias-corrected first moment) and differs from the previous
   direction the probes measured: on MiniLM at 1e-3, step 2, the bulk weights' fit keeps their
   rate while the step at it raises the next batch's loss by 0.77 (benchmarks/transient.py).
-  Rates may still shrink then (a clean climb shrinks them, as an uphill fit does), and
-  warm-up's rounds start counting after it.
+  Rates may still shrink then (a clean climb that overshoots shrinks them, as an uphill fit
+  does), and warm-up's rounds start counting after it.
 - ``tally``: each group keeps a *descent tally*, the decayed count (``DESCENT_MEMORY``) of its
   clean fits after the transient that descended (+1, ``A > 0``) minus those that climbed
   (-1). ``A`` is the slope of the current batch's loss along the previous update, a test of
   whether the steps still make progress on fresh data (Pflug's test); on a small batch its
   sign is noisy.
-- ``decide``: an accepted fit moves the rate towards ``A / B``, clipped to ``rate_clip`` times
+- ``fitted``: the rate an accepted fit calls for, ``A / B / moment_steps``. ``A / B`` is where
+  *one* step along ``d`` would stop on this batch, but AdamW's first moment carries ``d`` into
+  the next steps too (a direction that new gradients do not renew still moves the weights
+  ``sum_k beta1^k = 1 / (1 - beta1)`` steps' worth), so a rate of ``A / B`` per step goes about
+  ``moment_steps`` times past the minimum. Without momentum (``beta1 = 0``) it is GeN's
+  ``A / B``. On MiniLM the one-step minimum of the bulk weights was 30x the best AdamW rate.
+- ``decide``: an accepted fit moves the rate towards ``fitted``, clipped to ``rate_clip`` times
   the rate and smoothed (``smoothing``; none in warm-up); it may *raise* the rate only when the
   moments are past their transient and the tally is at least ``CLEAR_TALLY`` (the direction
   has clearly descended lately), else it holds it. A single batch's fit says "the optimum is
   twice as far" as often as the next one says "we overshot": growing on every accepted fit
   drove MiniLM's norm and bias rates from 1e-3 to 4e-2 and 7e-2 in 10 rounds, and the model to
   chance. Without an accepted fit, the rate *shrinks* (by ``rate_clip[0]``) when the fit is a
-  clean climb and the tally says the direction has clearly climbed lately (``tally <=
-  -CLEAR_TALLY``; in the transient, always), and during warm-up also when a descending fit is
-  *uphill* (the probe at the largest step raised the loss: the rate overshoots); otherwise it
-  is kept. Shrinking on every clean climb halved rates on batch
-  noise alone (MiniLM's head 8e-4 -> 6e-6 in 7 rounds), and a noisy or concave fit whose
-  probes all lowered the loss says nothing against the rate (embed 5e-5 -> 1.6e-6 in 10
-  warm-up steps on GPT-2, benchmarks/RESULTS.md).
+  clean climb that *overshoots* (``Fit.overshoots``: its parabola's minimum lies behind, within
+  the probes, so the last steps went past it) and the tally says the direction has clearly
+  climbed lately (``tally <= -CLEAR_TALLY``; in the transient, always), and during warm-up
+  also when a descending fit is *uphill* (the probe at the largest step raised the loss: the
+  rate overshoots); otherwise it is kept. Shrinking on every clean climb halved rates on batch
+  noise alone (MiniLM's head 8e-4 -> 6e-6 in 7 rounds). A clean climb whose minimum lies
+  far behind the probes (or that is concave) is this batch's loss rising along the update at
+  every probed step: at the rates where MiniLM fine-tunes, its fits are straight lines (``A /
+  B`` 30 to 2000 times the rate), and halving on such climbs in the transient took every rate
+  from 1e-5 to 2.5e-6..5e-6 (dev accuracy 58.6% against 78.3% without, benchmarks/RESULTS.md).
+  A noisy or concave fit whose probes all lowered the loss says nothing against the rate
+  either (embed 5e-5 -> 1.6e-6 in 10 warm-up steps on GPT-2).
 - ``search``: in a group's first round, a poor fit divides the rate by ``SEARCH_STEP`` and a
-  clean convex fit whose minimum lies below ``rate_clip[0]`` times the rate moves it there (by
+  clean convex fit whose fitted rate lies below ``rate_clip[0]`` times the rate moves it there (by
   ``SEARCH_STEP`` at most); the group is then probed again, ``search`` times at most.
 - ``joint_floor``: the least factor the joint correction scales a rate by.
 
@@ -72,6 +84,7 @@ DESCENT_MEMORY = 0.9  # weight of the past in a group's descent tally (about its
 # descends half the time (+: about 60% of the recent fits descended; -: about 40%). A fit may
 # raise a rate only at +CLEAR_TALLY or more, a climb shrinks it only at -CLEAR_TALLY or less.
 CLEAR_TALLY = math.sqrt(1.0 / (1.0 - DESCENT_MEMORY**2))
+NO_OVERSHOOT = " (no minimum behind it within the probes: not an overshoot)"
 
 
 def moment_steps(beta1: float) -> int:
@@ -212,7 +225,7 @@ class RateRule:
         ``held``: its moments are still in their transient (its warm-up cannot end yet)."""
         lo, hi = self.rate_clip
         settled = schedule.settled or rounds >= self.warmup_rounds or (
-            not held and decision.accepted and lo * old_rate <= fit.rate <= hi * old_rate)
+            not held and decision.accepted and lo * old_rate <= self.fitted(fit) <= hi * old_rate)
         credit = min(schedule.credit, 0.0) if settled and not schedule.settled else schedule.credit
         moved = decision.action is Action.SHRINK or not (1 / STEADY < decision.rate / old_rate < STEADY)
         interval = 1 if not settled or moved else min(2 * schedule.interval, MAX_INTERVAL)
@@ -271,20 +284,28 @@ class RateRule:
         detail = f" (R^2 {fit.r2:.4f} < {self.r2_min})" if verdict is Verdict.POOR else ""
         shrunk = self._towards(0.0, rate, warming)
         if verdict is Verdict.ACCEPTED:
-            target = self._towards(fit.rate, rate, warming)
+            target = self._towards(self.fitted(fit), rate, warming)
             if target > rate and (standing.held or standing.descent < CLEAR_TALLY):
                 return Decision(verdict, Action.HOLD, rate)
             return Decision(verdict, Action.FIT, target)
         if verdict is Verdict.NONFINITE:  # a probe overflowed: the rate overshoots (in warm-up)
             return Decision(verdict, Action.SHRINK, shrunk) if warming else Decision(verdict, Action.KEEP, rate)
         if verdict is Verdict.CLIMB:
+            if fit.r2 >= self.r2_min and not fit.overshoots:
+                return Decision(verdict, Action.KEEP, rate, NO_OVERSHOOT)
             if fit.r2 >= self.r2_min and (standing.held or standing.descent <= -CLEAR_TALLY):
-                why = " (in the moments' transient)" if standing.held else " (it has clearly climbed lately)"
+                why = " (an overshoot in the moments' transient)" if standing.held else (
+                    " (an overshoot, and it has clearly climbed lately)")
                 return Decision(verdict, Action.SHRINK, shrunk, why)
             return Decision(verdict, Action.KEEP, rate, detail)
         if warming and fit.uphill:
             return Decision(verdict, Action.SHRINK, shrunk, detail)
         return Decision(verdict, Action.KEEP, rate, detail)
+
+    def fitted(self, fit: Fit) -> float:
+        """The rate an accepted fit calls for: its minimum ``A / B`` spread over the
+        ``moment_steps`` steps that AdamW's first moment carries a direction into."""
+        return fit.rate / self.moment_steps
 
     def _towards(self, target: float, rate: float, warming: bool) -> float:
         lo, hi = self.rate_clip
@@ -298,6 +319,6 @@ class RateRule:
             return None
         if not fit.r2 >= self.r2_min:  # NaN too: a probe overflowed
             return rate / SEARCH_STEP
-        if fit.A > 0 and fit.B > 0 and fit.rate < self.shrink * rate:
-            return max(fit.rate, rate / SEARCH_STEP)
+        if fit.A > 0 and fit.B > 0 and self.fitted(fit) < self.shrink * rate:
+            return max(self.fitted(fit), rate / SEARCH_STEP)
         return None

@@ -15,7 +15,7 @@ HELD = Standing(True, held=True)  # in the moments' transient
 
 # fit, standing, verdict, action, new rate (from a rate of 1e-2)
 CASES = {
-    "clean fit at its optimum": (Fit(1.0, 100.0, 1.0), WARM, Verdict.ACCEPTED, Action.FIT, 1e-2),
+    "clean fit at its optimum (over the moments' 10 steps)": (Fit(1.0, 10.0, 1.0), WARM, Verdict.ACCEPTED, Action.FIT, 1e-2),
     "clean fit far above, clipped": (Fit(1.0, 1.0, 1.0), WARM, Verdict.ACCEPTED, Action.FIT, 2e-2),
     "clean fit far below, clipped": (Fit(1.0, 1e4, 1.0), WARM, Verdict.ACCEPTED, Action.FIT, 5e-3),
     "clean fit after warm-up, smoothed": (Fit(1.0, 1.0, 1.0), AFTER, Verdict.ACCEPTED, Action.FIT, 0.9e-2 + 0.1 * 2e-2),
@@ -51,6 +51,14 @@ CASES = {
                                                         Verdict.CLIMB, Action.SHRINK, 5e-3),
     "flat in warm-up keeps": (Fit(0.0, 0.0, 0.0, flat=True), WARM, Verdict.FLAT, Action.KEEP, 1e-2),
     "nonfinite in warm-up shrinks": (Fit(NAN, NAN, NAN, uphill=True), WARM, Verdict.NONFINITE, Action.SHRINK, 5e-3),
+    "held: an overshoot shrinks it": (Fit(-1e-2, 1.0, 1.0, back=2e-2), HELD, Verdict.CLIMB, Action.SHRINK, 5e-3),
+    "held: a climb whose minimum lies beyond the probes keeps": (Fit(-1.0, 1.0, 1.0, back=2e-2), HELD,
+                                                                Verdict.CLIMB, Action.KEEP, 1e-2),
+    "held: a concave climb keeps": (Fit(-1.0, -1.0, 1.0, back=2e-2), HELD, Verdict.CLIMB, Action.KEEP, 1e-2),
+    "a climb beyond the probes keeps against a climbing tally": (Fit(-1.0, 1.0, 1.0, back=2e-2), CLIMBING,
+                                                                 Verdict.CLIMB, Action.KEEP, 1e-2),
+    "an overshoot against a climbing tally shrinks": (Fit(-1e-2, 1.0, 1.0, back=2e-2), CLIMBING, Verdict.CLIMB,
+                                                      Action.SHRINK, 0.9e-2 + 0.1 * 5e-3),
     "nonfinite after warm-up keeps": (Fit(NAN, NAN, NAN, uphill=True), AFTER, Verdict.NONFINITE, Action.KEEP, 1e-2),
 }
 
@@ -68,10 +76,23 @@ def test_decide(name):
         assert decision.reason.startswith(verdict.value) and decision.reason.endswith("rate shrunk") == (action is Action.SHRINK)
 
 
+def test_a_fit_calls_for_its_minimum_spread_over_the_moments_steps():
+    """A / B is where one step along d would stop; AdamW's first moment carries d into about
+    ceil(1 / (1 - beta1)) steps, so the rate is A / B over that many (plain GeN without momentum)."""
+    fit = Fit(1.0, 10.0, 1.0)
+    assert RULE.fitted(fit) == pytest.approx(0.1 / moment_steps(0.9)) == pytest.approx(1e-2)
+    group = dict(probe_every=None, warmup=10, search=6, r2_min=0.99, smoothing=0.9, rate_clip=(0.5, 2.0),
+                 probe_budget=0.1, probe_scales=(-2.0, -1.0, 1.0, 2.0))
+    assert RateRule.of(group | {"betas": (0.0, 0.999)}).fitted(fit) == pytest.approx(0.1)
+    assert RateRule.of(group | {"betas": (0.95, 0.999)}).fitted(fit) == pytest.approx(0.1 / 20)
+
+
 def test_reasons_name_the_numbers_and_the_tally():
     assert RULE.decide(Fit(1.0, 100.0, 0.5), 1e-2, AFTER).reason == "poor fit (R^2 0.5000 < 0.99)"
     assert RULE.decide(Fit(-1.0, 1.0, 1.0), 1e-2, CLIMBING).reason == (
-        "not a descent direction (A <= 0) (it has clearly climbed lately): rate shrunk")
+        "not a descent direction (A <= 0) (an overshoot, and it has clearly climbed lately): rate shrunk")
+    assert RULE.decide(Fit(-1.0, 1.0, 1.0, back=2e-2), 1e-2, HELD).reason == (
+        "not a descent direction (A <= 0) (no minimum behind it within the probes: not an overshoot)")
 
 
 # fit, the rate the search moves 1.0 to (None: the search is done for this group)
@@ -79,9 +100,9 @@ SEARCH = {
     "flat": (Fit(0.0, 0.0, 0.0, flat=True), None),
     "poor: a quarter": (Fit(1.0, 1.0, 0.5), 1.0 / SEARCH_STEP),
     "overflowed: a quarter": (Fit(NAN, NAN, NAN), 1.0 / SEARCH_STEP),
-    "optimum at 0.3: there": (Fit(0.3, 1.0, 1.0), 0.3),
-    "optimum at 0.1: a quarter at most": (Fit(0.1, 1.0, 1.0), 1.0 / SEARCH_STEP),
-    "optimum at 0.6: done": (Fit(0.6, 1.0, 1.0), None),
+    "fitted at 0.3 (minimum at 3): there": (Fit(3.0, 1.0, 1.0), 0.3),
+    "fitted at 0.1: a quarter at most": (Fit(1.0, 1.0, 1.0), 1.0 / SEARCH_STEP),
+    "fitted at 0.6: done": (Fit(6.0, 1.0, 1.0), None),
     "clean climb: done": (Fit(-1.0, 1.0, 1.0), None),
     "clean concave: done": (Fit(1.0, -1.0, 1.0), None),
 }
@@ -146,7 +167,7 @@ def test_of_a_group_and_the_floors():
 
 
 BUDGET = RateRule(None, warmup=3, search=6, r2_min=0.99, smoothing=0.9, rate_clip=(0.5, 2.0), probe_budget=0.1, n_probes=4)
-FIT_HERE = Fit(1.0, 100.0, 1.0)  # minimum at 1e-2: the rate from 1e-2 stays
+FIT_HERE = Fit(1.0, 10.0, 1.0)  # minimum at 0.1, over the 10 steps of the moments: 1e-2, the rate stays
 FIT_FAR = Fit(1.0, 1.0, 1.0)  # minimum at 1: clipped to twice the rate
 
 
@@ -217,3 +238,21 @@ def test_uphill(name):
     # maximizing: the loss is negated, so a rise is a descent
     if uphill and all(map(math.isfinite, deltas)):
         assert Probes(etas, tuple(1.0 - d for d in deltas)).fit(1.0, sign=-1.0).uphill
+
+
+def overshoot_probes(minimum: float, etas=(-2.0, -1.0, 1.0, 2.0)) -> Probes:
+    """The probes of the parabola (eta - minimum)^2 - minimum^2 (B = 2, A = 2 * minimum)."""
+    return Probes(etas, tuple(1.0 + (e - minimum) ** 2 - minimum**2 for e in etas))
+
+
+@pytest.mark.parametrize("minimum, overshoots", [(-0.5, True), (-1.9, True), (-2.1, False), (-40.0, False),
+                                                 (0.5, False)])
+def test_overshoot_is_a_climb_whose_minimum_lies_behind_within_the_probes(minimum, overshoots):
+    fit = overshoot_probes(minimum).fit(1.0)
+    assert fit.rate == pytest.approx(minimum) and fit.back == 2.0 and fit.reach == 2.0
+    assert fit.overshoots is overshoots
+    concave = Probes((-2.0, -1.0, 1.0, 2.0), tuple(1.0 + 0.1 * e - e**2 for e in (-2.0, -1.0, 1.0, 2.0))).fit(1.0)
+    assert concave.A < 0 and concave.B < 0 and not concave.overshoots
+    # without backward probes nothing lies behind within them
+    forward = overshoot_probes(minimum, etas=(0.5, 1.0, 2.0)).fit(1.0)
+    assert forward.back == 0.0 and not forward.overshoots
