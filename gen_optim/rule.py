@@ -290,14 +290,16 @@ class RateRule:
             return Decision(verdict, Action.FIT, target)
         if verdict is Verdict.NONFINITE:  # a probe overflowed: the rate overshoots (in warm-up)
             return Decision(verdict, Action.SHRINK, shrunk) if warming else Decision(verdict, Action.KEEP, rate)
-        if verdict is Verdict.CLIMB:
-            if fit.r2 >= self.r2_min and not fit.overshoots:
+        if verdict is Verdict.CLIMB:  # only a clean overshoot may shrink the rate
+            if fit.r2 < self.r2_min:
+                return Decision(verdict, Action.KEEP, rate)
+            if not fit.overshoots:
                 return Decision(verdict, Action.KEEP, rate, NO_OVERSHOOT)
-            if fit.r2 >= self.r2_min and (standing.held or standing.descent <= -CLEAR_TALLY):
+            if standing.held or standing.descent <= -CLEAR_TALLY:
                 why = " (an overshoot in the moments' transient)" if standing.held else (
                     " (an overshoot, and it has clearly climbed lately)")
                 return Decision(verdict, Action.SHRINK, shrunk, why)
-            return Decision(verdict, Action.KEEP, rate, detail)
+            return Decision(verdict, Action.KEEP, rate)
         if warming and fit.uphill:
             return Decision(verdict, Action.SHRINK, shrunk, detail)
         return Decision(verdict, Action.KEEP, rate, detail)
