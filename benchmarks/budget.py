@@ -10,9 +10,11 @@ after the other for each seed (interleaved, so the machine's load falls on all a
 Prints per config: wall time / AdamW's, probe forwards per training step and the compute
 fraction they stand for (``/ STEP_FORWARDS``), the forwards spent until every group's warm-up
 was over (a fixed cost: the rest grows with the run at ``probe_budget``), held-out loss (mean over seeds) against the
-unlimited rule's, and the Kendall tau of the APPI ranking against the unlimited rule's.
+unlimited rule's, and the Kendall tau of the APPI ranking against the unlimited rule's, at the
+step where Part I selects (``select_step``: 10% of the horizon, Algorithm 2) and at the end,
+and, as the ranking's noise floor, the same tau between two seeds of the unlimited rule.
 ``--sst2`` adds the ranking check on all-MiniLM-L6-v2 cut to 2 blocks (LoRA equipped, all
-trainable; SST-2 from ``benchmarks.table3_sst2``), budget against unlimited.
+trainable; SST-2 from ``benchmarks.table3_sst2``), budget against unlimited, at both steps.
 
 ``--all_tokens`` puts the loss on every token (where warm-up once collapsed rates).
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import math
 import random
 import statistics
@@ -36,7 +39,7 @@ from examples.e2e import collate
 from gen_optim import GeNAdamW, group_parameters, replay_closure
 from gen_optim.rule import STEP_FORWARDS
 
-from .harness import kendall_tau
+from .harness import kendall_tau, select_step
 from .stability import held_out_loss, load, model_for
 
 UNLIMITED = 1e9
@@ -78,21 +81,24 @@ def run(config: dict, seed: int, data, steps: int, all_tokens: bool, batch: int 
     order = random.Random(seed)
     started = time.perf_counter()
     warmup = None  # probe forwards until every group's warm-up is over
-    for _ in range(steps):
+    at_select: dict[str, float] = {}  # APPI where Part I would select
+    for step in range(1, steps + 1):
         b = batch_of(order.sample(train, batch), tokenizer.pad_token_id, all_tokens)
         opt.zero_grad()
         model(**b).loss.backward()
         opt.step()
         if warmup is None and "gen" in config and all(g["gen_settled"] for g in opt.param_groups):
             warmup = probes[0]
+        if step == select_step(steps) and "gen" in config:
+            at_select = dict(opt.state["appi"])
     seconds = time.perf_counter() - started
     hook.remove()
     loss = held_out_loss(model, held_out_rows, tokenizer.pad_token_id,
                          collate_fn=functools.partial(batch_of, all_tokens=all_tokens))
     appi = dict(opt.state["appi"]) if "gen" in config else {}
     rounds = opt.state["gen"]["rounds"] if "gen" in config else 0
-    return dict(seconds=seconds, probes=probes[0], loss=loss if math.isfinite(loss) else math.inf, appi=appi, rounds=rounds,
-                warmup=warmup)
+    return dict(seconds=seconds, probes=probes[0], loss=loss if math.isfinite(loss) else math.inf, appi=appi,
+                appi_select=at_select, rounds=rounds, warmup=warmup)
 
 
 def sst2_taus(steps: int, seeds: list[int], quick: bool) -> None:
@@ -105,11 +111,18 @@ def sst2_taus(steps: int, seeds: list[int], quick: bool) -> None:
     task = SST2(*files, quick)
     print(f"\nSST-2, {'tiny random BERT' if quick else 'all-MiniLM-L6-v2 cut to 2 blocks'}, LoRA + everything, "
           f"GeNAdamW from 1e-4, {steps} steps: APPI ranking, budget 0.1 against unlimited")
+    at = select_step(steps)
+    unlimited_runs = []
     for seed in seeds:
-        budget = select(task, 2, seed, steps, steps, 1e-4)
-        unlimited = select(task, 2, seed, steps, steps, 1e-4, gen=dict(probe_budget=UNLIMITED))
-        print(f"- seed {seed}: Kendall tau {kendall_tau(budget.appi_end, unlimited.appi_end):.3f}; wall time "
+        budget = select(task, 2, seed, steps, at, 1e-4)
+        unlimited = select(task, 2, seed, steps, at, 1e-4, gen=dict(probe_budget=UNLIMITED))
+        unlimited_runs.append(unlimited)
+        print(f"- seed {seed}: Kendall tau at step {at} (Part I's selection) {kendall_tau(budget.appi, unlimited.appi):.3f}, "
+              f"at step {steps} {kendall_tau(budget.appi_end, unlimited.appi_end):.3f}; wall time "
               f"{budget.seconds:.0f} s against {unlimited.seconds:.0f} s", flush=True)
+    for a, b in itertools.combinations(unlimited_runs, 2):  # the noise floor
+        print(f"- unlimited, seed against seed: Kendall tau at step {at} {kendall_tau(a.appi, b.appi):.3f}, "
+              f"at step {steps} {kendall_tau(a.appi_end, b.appi_end):.3f}")
 
 
 def main() -> None:
@@ -141,22 +154,29 @@ def main() -> None:
     print(f"stability task, loss on {'every token' if args.all_tokens else 'the reference'}, {args.steps} steps, "
           f"seeds {args.seeds}, warm-up included; torch {torch.__version__}, {torch.get_num_threads()} threads")
     print("| config | wall time / AdamW | probe rounds | probe forwards / step | compute fraction | warm-up forwards "
-          "| held-out loss | / unlimited | APPI tau vs unlimited |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          f"| held-out loss | / unlimited | APPI tau vs unlimited at step {select_step(args.steps)} | at the end |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, runs in results.items():
         loss = statistics.fmean(r["loss"] for r in runs)
         forwards = statistics.fmean(r["probes"] for r in runs) / args.steps
         start = name.rpartition("from ")[2]
         twin = results.get(f"unlimited from {start}")
-        vs, tau = "", ""
+        vs, tau_select, tau = "", "", ""
         if twin and twin is not runs and runs[0]["appi"]:
             vs = f"{loss / statistics.fmean(r['loss'] for r in twin):.3f}"
+            tau_select = ", ".join(f"{kendall_tau(a['appi_select'], b['appi_select']):.2f}" for a, b in zip(runs, twin))
             tau = ", ".join(f"{kendall_tau(a['appi'], b['appi']):.2f}" for a, b in zip(runs, twin))
         warmups = [r["warmup"] for r in runs if r.get("warmup") is not None]
         warmup = f"{statistics.fmean(warmups):.0f}" if warmups else ""
         print(f"| {name} | {statistics.fmean(r['seconds'] for r in runs) / adamw:.3f} "
               f"| {statistics.fmean(r['rounds'] for r in runs):.0f} | {forwards:.2f} | {forwards / STEP_FORWARDS:.3f} "
-              f"| {warmup} | {loss:.3f} | {vs} | {tau} |", flush=True)
+              f"| {warmup} | {loss:.3f} | {vs} | {tau_select} | {tau} |", flush=True)
+    for name, runs in results.items():  # how far two seeds of the unlimited rule agree: the ranking's noise floor
+        if name.startswith("unlimited") and len(runs) > 1 and runs[0]["appi"]:
+            pairs = list(itertools.combinations(runs, 2))
+            print(f"{name}, seed against seed: APPI tau at step {select_step(args.steps)} "
+                  + ", ".join(f"{kendall_tau(a['appi_select'], b['appi_select']):.2f}" for a, b in pairs)
+                  + "; at the end " + ", ".join(f"{kendall_tau(a['appi'], b['appi']):.2f}" for a, b in pairs))
     print(f"best AdamW: {best} {best_loss:.3f}; each GeNAdamW run against it: " + ", ".join(
         f"{n} {statistics.fmean(r['loss'] for r in runs) / best_loss:.3f}" for n, runs in results.items()
         if not n.startswith("adamw")))

@@ -16,7 +16,7 @@ harness does the rest, the same way for every benchmark (``table3_sst2`` today):
 - ``Ledger``, ``run_once``, ``select_once``: the runs done so far, one JSON line each, so that
   a long benchmark resumes; ``start_lr`` (the paper's starting rates), ``best_rate`` (of an
   AdamW grid), ``yes_no`` and ``plot_frontier``: the pieces of the paper's tables and of its
-  Figure 5.
+  Figure 5; ``select_step``: where Part I selects (``SELECT_FRACTION`` of the horizon).
 
 The optimizers (AdamW, GeNAdamW and the learning-rate-free peers) and schedules are in
 ``benchmarks.optimizers``.
@@ -98,6 +98,12 @@ FULL = "full"
 LORA_GROUPS = ("lora_A", "lora_B")
 PEFT_LR, FULL_LR = 1e-3, 1e-4  # the paper's starting rates for GeNAdamW: PEFT masks, full fine-tuning
 FULL_FRACTION = 0.1  # a set training more than this fraction of the model starts from FULL_LR
+SELECT_FRACTION = 0.1  # Part I selects at this fraction of the horizon (the paper's Algorithm 2)
+
+
+def select_step(steps: int) -> int:
+    """The step at which Part I reads APPI to select a mask: ``SELECT_FRACTION`` of ``steps``."""
+    return max(1, math.floor(SELECT_FRACTION * steps + 1e-9))
 
 
 def equipped(task: Task, blocks: int | None, seed: int, rank: int = 8) -> nn.Module:

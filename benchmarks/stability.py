@@ -10,6 +10,8 @@ held-out loss at each evaluation step, mean (and worst) over seeds, for:
 - GeNAdamW as the paper's Algorithm 1 reads (this step's direction probed on the gradient's
   own batch, no warm-up), and the stable-rates issue's proposal (this step's direction probed
   on the previous batch, joint correction), from 1e-3;
+- GeNAdamW with fresh-batch probes (this step's direction, probed on a training batch of its
+  own, drawn by a second stream: what ``iterator_closure`` does), from 1e-4, 1e-3, 1e-2;
 then whether each GeNAdamW run is within 2% of the best AdamW at the last step.
 ``--ablation`` instead runs each knob's default against other values (search, warm-up,
 smoothing, rate_clip) beside AdamW 1e-3 and the defaults from 1e-3 and 1e-2.
@@ -29,7 +31,10 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from examples.e2e import DATA, collate, encode, read_csv, train_tokenizer
-from gen_optim import GeNAdamW, equip_lora, group_parameters, replay_closure
+from gen_optim import GeNAdamW, equip_lora, group_parameters, iterator_closure, replay_closure
+
+FRESH = "fresh"  # a config's probe batch: a training batch of its own, not the step's (replay_closure's "current"/"previous")
+FRESH_STREAM = 10_000  # the fresh batches' random stream is the seed's plus this, apart from the training order's
 
 CONFIGS = {
     "adamw 3e-4": dict(lr=3e-4),
@@ -41,6 +46,8 @@ CONFIGS = {
     "gen + joint 1e-3": dict(lr=1e-3, gen=dict(joint=True)),
     "paper literal 1e-3": dict(lr=1e-3, gen=dict(probe_direction="current", warmup=0), batch="current"),
     "previous batch + joint 1e-3": dict(lr=1e-3, gen=dict(probe_direction="current", warmup=0, joint=True), batch="previous"),
+    **{f"gen fresh-batch probes {lr}": dict(lr=float(lr), gen=dict(probe_direction="current"), batch=FRESH)
+       for lr in ("1e-4", "1e-3", "1e-2")},
 }
 ABLATIONS = {
     "gen 1e-2 search 0": dict(lr=1e-2, gen=dict(search=0)),
@@ -87,13 +94,23 @@ def model_for(tokenizer, seed: int) -> torch.nn.Module:
     return equip_lora(GPT2LMHeadModel(config), r=8, target_modules=["c_attn"], fan_in_fan_out=True)
 
 
+def fresh_batches(train, pad_id: int, seed: int, batch: int):
+    """Training batches drawn apart from the training order, for fresh-batch probes."""
+    order = random.Random(FRESH_STREAM + seed)
+    while True:
+        yield collate(order.sample(train, batch), pad_id)
+
+
 def run(config: dict, seed: int, data, steps: int = 200, eval_every: int = 50, batch: int = 16, probe_every: int = 4):
     """Held-out losses at every ``eval_every`` steps of one configuration (inf once diverged)."""
     train, held_out, tokenizer = data
     model = model_for(tokenizer, seed)
     groups = group_parameters(model)
     if "gen" in config:
-        closure = replay_closure(model, batch=config.get("batch", "current"))
+        if config.get("batch") == FRESH:
+            closure = iterator_closure(model, fresh_batches(train, tokenizer.pad_token_id, seed, batch))
+        else:
+            closure = replay_closure(model, batch=config.get("batch", "current"))
         opt = GeNAdamW(groups, closure, lr=config["lr"], probe_every=probe_every, **config["gen"])
     else:
         opt = torch.optim.AdamW(groups, lr=config["lr"])

@@ -44,7 +44,8 @@ from gen_optim import CATEGORIES
 from gen_optim.rule import Verdict
 
 from .harness import (FULL_LR, PEFT_LR, Ledger, Optimizer, Run, best_rate, frontier_gap, kendall_tau, masks, mean_std,
-                      plot_frontier, random_mask, run_once, select_key, select_once, start_lr, yes_no)
+                      plot_frontier, random_mask, run_once, select_key, select_once, select_step, start_lr,
+                      yes_no)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst2"
 ADAMW_GRID = {"peft": (3e-4, 1e-3, 3e-3), "full": (1e-5, 3e-5, 1e-4)}
@@ -163,7 +164,7 @@ def main() -> None:
     gen = None if args.probe_every is None else {"probe_every": args.probe_every}
     # Part I selects at 10% of the horizon; --quick's 16 steps would leave it one round, whose fits
     # on a random tiny BERT may all be rejected (no APPI to select from), so it selects at half
-    select_at = steps // 2 if quick else max(1, steps // 10)
+    select_at = steps // 2 if quick else select_step(steps)
     started = time.time()
     print(f"{'tiny random BERT (--quick: mechanics only)' if quick else 'all-MiniLM-L6-v2'} on SST-2 from {files[0]}, "
           f"{steps} steps, batch 16, {seeds} seed(s), Part I on {args.small_blocks} blocks for {select_at} "

@@ -53,7 +53,7 @@ from gen_optim import CATEGORIES
 
 from .generation import METRICS, decode, references, score, unavailable
 from .harness import (FULL_LR, LORA_GROUPS, Ledger, Optimizer, Run, best_rate, equipped, kendall_tau, masks, mean_std,
-                      plot_frontier, run_once, select_once, size_of, start_lr, yes_no)
+                      plot_frontier, run_once, select_once, select_step, size_of, start_lr, yes_no)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "e2e"
 ADAMW_GRID = (3e-4, 1e-3, 3e-3)  # LoRA's rates for AdamW
@@ -161,7 +161,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     ledger = Ledger(args.out, args.report)
     task = E2E(*files, quick, test_rows, gen_mrs)
-    select_at = max(1, steps // 10)
+    select_at = select_step(steps)
     started = time.time()
     print(f"{'tiny random Llama (--quick: mechanics only)' if quick else 'SmolLM2-135M'} on E2E from {files[0]}: "
           f"{steps} steps, batch {task.batch_size}, {args.seeds} seed(s); Part I on {small} blocks for {select_at} "
