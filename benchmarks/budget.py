@@ -81,7 +81,7 @@ def run(config: dict, seed: int, data, steps: int, all_tokens: bool, batch: int 
     order = random.Random(seed)
     started = time.perf_counter()
     warmup = None  # probe forwards until every group's warm-up is over
-    at_select: dict[str, float] = {}  # APPI where Part I would select
+    select_at, at_select = select_step(steps), {}  # APPI where Part I would select
     for step in range(1, steps + 1):
         b = batch_of(order.sample(train, batch), tokenizer.pad_token_id, all_tokens)
         opt.zero_grad()
@@ -89,7 +89,7 @@ def run(config: dict, seed: int, data, steps: int, all_tokens: bool, batch: int 
         opt.step()
         if warmup is None and "gen" in config and all(g["gen_settled"] for g in opt.param_groups):
             warmup = probes[0]
-        if step == select_step(steps) and "gen" in config:
+        if step == select_at and "gen" in config:
             at_select = dict(opt.state["appi"])
     seconds = time.perf_counter() - started
     hook.remove()

@@ -1,7 +1,10 @@
 """A short, seeded version of benchmarks/stability.py: fitted rates must not hurt."""
-import pytest
+import random
 
-from benchmarks.stability import CONFIGS, load, run
+import pytest
+import torch
+
+from benchmarks.stability import CONFIGS, FRESH, collate, fresh_batches, load, run
 
 
 @pytest.fixture(scope="module")
@@ -23,12 +26,6 @@ def test_gen_adamw_from_far_off_rates_keeps_up_with_adamw(data):
 def test_fresh_batch_probes_see_batches_the_training_order_does_not(data):
     """The fresh-batch configs probe on a stream of their own: none of its first batches is one
     the training loop draws (same seed), and the closure is handed that stream."""
-    import random
-
-    import torch
-
-    from benchmarks.stability import FRESH, collate, fresh_batches
-
     train, _, tokenizer = data
     pad = tokenizer.pad_token_id
     order = random.Random(0)
