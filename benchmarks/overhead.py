@@ -6,9 +6,15 @@ Prints, measured side by side in one run (configurations interleaved, medians of
   1 + n_fwd * F / (P * (F + B)), n_fwd = len(probe_scales) * K + 1 (+1 with the joint
   correction, --joint), F a no-grad forward and F + B a training forward and backward (target: within 10%);
 - peak memory of each vs AdamW over a probe period after the first step, model included
-  (CUDA: max allocated; CPU: sampled peak of the C heap in use, see ``common.HeapPeak``).
+  (CUDA: max allocated; CPU: sampled peak of the C heap in use, see ``common.HeapPeak``);
+- with ``--whole_run N``: the wall time of whole runs of N steps from fresh optimizers, AdamW
+  against GeNAdamW at its defaults (the probe budget, warm-up and the first round's search
+  included; ``replay_closure``, so probes see each step's batch), alternating, each from the same
+  weights over the same ``WHOLE_RUN_BATCHES`` batches in turn, and the probe forwards per step;
+  with ``--chunk_ablation``, also GeNAdamW moving one tensor per chunk (``probe.PROBE_CHUNK = 1``:
+  the kernel launches of the per-tensor loop that probes ran before 0.2.0).
 
-    python -m benchmarks.overhead [--device cuda] [--rounds 5]
+    python -m benchmarks.overhead [--device cuda] [--rounds 5] [--whole_run 1000 [--whole_repeats 2] [--chunk_ablation]]
 """
 from __future__ import annotations
 
@@ -18,9 +24,11 @@ import statistics
 import torch
 from benchmarks.common import batches, gpt2, interleaved_step_times, peak_memory, timed, train_steps
 
-from gen_optim import GeNAdamW, group_parameters
+from gen_optim import GeNAdamW, group_parameters, probe, replay_closure
+from gen_optim.rule import STEP_FORWARDS
 
 KINDS = ("adamw", "gen_off", "gen_probe")
+WHOLE_RUN_BATCHES = 16  # distinct batches a whole run cycles through
 
 
 def make_optimizer(kind, model, probe, probe_every, joint=False):
@@ -68,8 +76,13 @@ def main():
     parser.add_argument("--probe_every", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--joint", action="store_true", help="probe with the joint correction")
+    parser.add_argument("--whole_run", type=int, default=0, help="also time whole runs of this many steps")
+    parser.add_argument("--whole_repeats", type=int, default=2, help="whole runs of each kind, alternating")
+    parser.add_argument("--chunk_ablation", action="store_true", help="whole runs also with one tensor per probe chunk")
     args = parser.parse_args()
     time_steps(args)  # its model and optimizers are gone before memory is measured
+    if args.whole_run:
+        whole_runs(args)
     peak = {k: peak_memory(memory_run(k, args), args.device) for k in KINDS}
     print("peak memory: " + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in peak.items()))
     print(f"peak memory / AdamW: probing off {peak['gen_off'] / peak['adamw']:.3f}, probing on {peak['gen_probe'] / peak['adamw']:.3f} "
@@ -98,6 +111,50 @@ def time_steps(args):
     measured = step["gen_probe"] / step["adamw"]
     print(f"GeNAdamW probe_every={args.probe_every} / AdamW:   {measured:.3f}   theory {theory:.3f}, "
           f"measured/theory {measured / theory:.3f}   (target within 10%)")
+
+
+def whole_runs(args):
+    """Whole runs from fresh optimizers: AdamW against GeNAdamW at its defaults, alternating."""
+    model = gpt2(args.layers, args.width, args.seq, args.device)
+    data = batches(WHOLE_RUN_BATCHES, args.batch, args.seq, args.device)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    probes = [0]
+    model.register_forward_pre_hook(lambda *_: probes.__setitem__(0, probes[0] + (not torch.is_grad_enabled())))
+    chunk_limits = {"GeNAdamW at its defaults": probe.PROBE_CHUNK}
+    if args.chunk_ablation:
+        chunk_limits["GeNAdamW, one tensor per chunk"] = 1
+    seconds = {"AdamW": []} | {kind: [] for kind in chunk_limits}
+    forwards = {}
+    for _ in range(args.whole_repeats):
+        for kind in seconds:
+            model.load_state_dict(initial)
+            torch.manual_seed(0)  # the same dropout masks in every run
+            if kind == "AdamW":
+                opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+            else:
+                opt = GeNAdamW(group_parameters(model), replay_closure(model), lr=1e-4)
+                probe.PROBE_CHUNK = chunk_limits[kind]
+            probes[0] = 0
+
+            def run():
+                for step in range(args.whole_run):
+                    batch = data[step % len(data)]
+                    opt.zero_grad(set_to_none=True)
+                    model(input_ids=batch, labels=batch).loss.backward()
+                    opt.step()
+            seconds[kind].append(timed(run, args.device))
+            forwards[kind] = probes[0]
+            if kind != "AdamW":
+                opt.closure.hook.remove()
+                probe.PROBE_CHUNK = chunk_limits["GeNAdamW at its defaults"]
+    adamw = statistics.median(seconds["AdamW"])
+    print(f"whole runs of {args.whole_run} steps ({args.whole_repeats} of each, alternating; median): AdamW {adamw:.1f} s "
+          f"({', '.join(f'{t:.1f}' for t in seconds['AdamW'])})")
+    for kind in chunk_limits:
+        t = statistics.median(seconds[kind])
+        print(f"  {kind}: {t:.1f} s ({', '.join(f'{x:.1f}' for x in seconds[kind])}), ratio {t / adamw:.3f} "
+              f"(issue 10's target <= 1.15); {forwards[kind] / args.whole_run:.3f} probe forwards per step, "
+              f"a compute fraction of {forwards[kind] / args.whole_run / STEP_FORWARDS:.3f}")
 
 
 if __name__ == "__main__":

@@ -76,9 +76,10 @@ def load(n_train: int = 4000, n_held_out: int = 256):
 def held_out_loss(model, examples, pad_id, batch=64, collate_fn=collate):
     """The mean loss per labelled token over ``examples``, batched by ``collate_fn``."""
     model.eval()
+    device = next(model.parameters()).device
     total, count = 0.0, 0
     for i in range(0, len(examples), batch):
-        b = collate_fn(examples[i : i + batch], pad_id)
+        b = {k: v.to(device) for k, v in collate_fn(examples[i : i + batch], pad_id).items()}
         tokens = int((b["labels"][:, 1:] != -100).sum())
         total += model(**b).loss.item() * tokens
         count += tokens

@@ -44,7 +44,7 @@ from __future__ import annotations
 import copy
 import sys
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,10 +59,12 @@ from .mask import FrontierPoint, Mask, frontier, propose
 from .probe import (
     Closure,
     ClosureError,
-    adamw_direction,
+    adamw_directions,
+    chunks,
     evaluate,
     mean_over_ranks,
     probe_group,
+    real,
     rng_devices,
 )
 from .rule import RateRule, Schedule, Standing, Verdict
@@ -189,17 +191,33 @@ class GroupWork:
     max_exp_avg_sqs: list[torch.Tensor] = field(default_factory=list)
     steps: list[torch.Tensor] = field(default_factory=list)
     has_complex: bool = False
+    _counts: list[int] | None = field(default=None, repr=False)
 
-    def direction(self, i: int, w: torch.Tensor) -> torch.Tensor:
-        """``d`` of the i-th tensor at its value ``w``: the previous update's direction
-        (``probe_direction="previous"``, where there is one) or this step's."""
+    def counts(self) -> list[int]:
+        """The gradients each tensor's moments have seen (read once per round: with
+        ``capturable`` or ``fused`` the counts live on the device)."""
+        if self._counts is None:
+            self._counts = [int(t) for t in self.steps]
+        return self._counts
+
+    def runs(self) -> list[list[int]]:
+        """The chunks a probe moves this group in: tensors of one device, dtype and count."""
+        return chunks([real(p) for p in self.params], self.counts())
+
+    def direction(self, run: Sequence[int], ws: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``d`` of the tensors at ``run`` (one count) at their values ``ws``: the previous
+        update's direction (``probe_direction="previous"``, where there is one) or this step's."""
         g = self.group
-        t = int(self.steps[i])
-        amsgrad = self.max_exp_avg_sqs[i] if g["amsgrad"] else None
+        t = self.counts()[run[0]]
         previous = g["probe_direction"] == "previous" and t > 0
-        return adamw_direction(
-            w, self.exp_avgs[i], self.exp_avg_sqs[i], t if previous else t + 1, *g["betas"], g["eps"],
-            g["weight_decay"], grad=None if previous else self.grads[i], max_exp_avg_sq=amsgrad, maximize=g["maximize"],
+
+        def at(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+            return [real(tensors[i]) for i in run]
+
+        return adamw_directions(
+            ws, at(self.exp_avgs), at(self.exp_avg_sqs), t if previous else t + 1, *g["betas"], g["eps"],
+            g["weight_decay"], grads=None if previous else at(self.grads),
+            max_exp_avg_sqs=at(self.max_exp_avg_sqs) if g["amsgrad"] else None, maximize=g["maximize"],
         )
 
 
@@ -508,7 +526,7 @@ class GeNAdamW(torch.optim.Optimizer):
         etas = [tuple(s * w.group["gen_lr"] for s in w.group["probe_scales"]) for w in probed]
         losses = [loss()]
         for w, group_etas in zip(probed, etas):
-            losses += probe_group(w.params, w.direction, group_etas, loss)
+            losses += probe_group(w.params, w.runs(), w.direction, group_etas, loss)
         values = mean_over_ranks(torch.stack(losses)).tolist()
         self._charge(probed, [len(e) for e in etas], shared=1)
         probes, start = [], 1

@@ -12,18 +12,28 @@ gradient (so that ``w - lr * d`` is exactly where this step's AdamW update moves
 Every probe forward of a round runs from the same RNG state (identical dropout masks) and
 leaves the caller's RNG untouched, and the running statistics of BatchNorm-style modules the
 closure calls are restored after each evaluation.
+
+A probe computes ``d`` in chunks of tensors of one device, dtype and step count with
+``torch._foreach_*`` ops (a handful of kernels per chunk, not about eleven per tensor), and
+sets and restores the weights with one ``copy_`` per tensor (FSDP2's DTensor has no
+``_foreach_copy_``). ``PROBE_CHUNK`` bounds the elements of a chunk, so that the transient
+memory of a probe stays a few copies of that many elements beside the one copy of the group it
+restores from. (On an H200 the chunks measured no faster than one tensor at a time at a
+6-block GPT-2: benchmarks/RESULTS.md, overhead.py.)
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
 Closure = Callable[[], "Tensor | float"]
+PROBE_CHUNK = 2**26  # elements a probe computes the direction of at once (a larger tensor goes alone)
 
 BACKWARD_FIX = (
     "The probe closure called backward(). A GeNAdamW closure must only compute the loss on the "
@@ -36,32 +46,71 @@ class ClosureError(RuntimeError):
     """The probe closure broke its contract; the message says how to fix it."""
 
 
+def real(t: Tensor | None) -> Tensor | None:
+    """A complex tensor as the real tensor ``torch.view_as_real`` of it (sharing its storage),
+    as torch's AdamW treats it; any other tensor as it is."""
+    return torch.view_as_real(t) if t is not None and torch.is_complex(t) else t
+
+
+def adamw_directions(
+    params: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor], step: int,
+    beta1: float, beta2: float, eps: float, weight_decay: float, grads: list[Tensor] | None = None,
+    max_exp_avg_sqs: list[Tensor] | None = None, maximize: bool = False,
+) -> list[Tensor]:
+    """``d`` for real tensors of one device and dtype from moments that have seen ``step``
+    gradients; with ``grads``, the moments first take them, as this step's AdamW update will
+    (``step`` then counts them). Nothing passed in is changed.
+
+    ``max_exp_avg_sqs`` (AMSGrad) replace ``v`` by the running maximum; with ``maximize`` the
+    moments see ``-grad``, as in torch's kernel.
+    """
+    # only the foreach ops that FSDP2's DTensor has sharding rules for (no out-of-place lerp or
+    # maximum, no _foreach_copy_): a copy is a multiplication by 1, which is exact
+    if grads is not None:
+        grads = torch._foreach_neg(grads) if maximize else grads
+        exp_avgs = torch._foreach_mul(exp_avgs, 1.0)
+        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+        exp_avg_sqs = torch._foreach_mul(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
+        if max_exp_avg_sqs is not None:
+            max_exp_avg_sqs = torch._foreach_mul(max_exp_avg_sqs, 1.0)
+            torch._foreach_maximum_(max_exp_avg_sqs, exp_avg_sqs)
+    denom = torch._foreach_sqrt(exp_avg_sqs if max_exp_avg_sqs is None else max_exp_avg_sqs)
+    torch._foreach_div_(denom, math.sqrt(1 - beta2**step))
+    torch._foreach_add_(denom, eps)
+    d = torch._foreach_div(exp_avgs, denom)
+    torch._foreach_div_(d, 1 - beta1**step)
+    torch._foreach_add_(d, params, alpha=weight_decay)
+    return list(d)
+
+
 def adamw_direction(
     param: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, step: int,
     beta1: float, beta2: float, eps: float, weight_decay: float, grad: Tensor | None = None,
     max_exp_avg_sq: Tensor | None = None, maximize: bool = False,
 ) -> Tensor:
-    """``d`` for one tensor from moments that have seen ``step`` gradients; with ``grad``, the
-    moments first take it, as this step's AdamW update will (``step`` then counts it).
+    """``adamw_directions`` of one tensor; a complex tensor's ``d`` is complex."""
+    listed = [None if t is None else [real(t)] for t in (grad, max_exp_avg_sq)]
+    d = adamw_directions([real(param)], [real(exp_avg)], [real(exp_avg_sq)], step, beta1, beta2, eps,
+                         weight_decay, *listed, maximize=maximize)[0]
+    return torch.view_as_complex(d) if torch.is_complex(param) else d
 
-    ``max_exp_avg_sq`` (AMSGrad) replaces ``v`` by the running maximum; with ``maximize`` the
-    moments see ``-grad``, as in torch's kernel. A complex tensor is treated as the real
-    tensor ``torch.view_as_real`` of it, as torch's AdamW does.
-    """
-    if torch.is_complex(param):
-        views = [None if t is None else torch.view_as_real(t) for t in (exp_avg, exp_avg_sq, grad, max_exp_avg_sq)]
-        d = adamw_direction(torch.view_as_real(param), views[0], views[1], step, beta1, beta2, eps,
-                            weight_decay, views[2], views[3], maximize)
-        return torch.view_as_complex(d)
-    if grad is not None:
-        grad = -grad if maximize else grad
-        exp_avg = exp_avg.lerp(grad, 1 - beta1)
-        exp_avg_sq = exp_avg_sq.mul(beta2).addcmul_(grad, grad, value=1 - beta2)
-        if max_exp_avg_sq is not None:
-            max_exp_avg_sq = torch.maximum(max_exp_avg_sq, exp_avg_sq)
-    second = exp_avg_sq if max_exp_avg_sq is None else max_exp_avg_sq
-    denom = second.sqrt().div_(math.sqrt(1 - beta2**step)).add_(eps)
-    return exp_avg.div(denom).div_(1 - beta1**step).add_(param, alpha=weight_decay)
+
+def chunks(tensors: Sequence[Tensor], keys: Sequence[Any], limit: int | None = None) -> list[list[int]]:
+    """Indices of ``tensors`` in runs that share a device, a dtype and their ``keys`` entry,
+    each run of at most ``limit`` (default ``PROBE_CHUNK``) elements (a larger tensor is a run
+    of its own)."""
+    limit = PROBE_CHUNK if limit is None else limit
+    runs: dict[tuple, list[list[int]]] = {}
+    sizes: dict[tuple, int] = {}
+    for i, (t, key) in enumerate(zip(tensors, keys)):
+        kind = (t.device, t.dtype, key)
+        if kind not in runs or sizes[kind] + t.numel() > limit:
+            runs.setdefault(kind, []).append([])
+            sizes[kind] = 0
+        runs[kind][-1].append(i)
+        sizes[kind] += t.numel()
+    return [run for kind_runs in runs.values() for run in kind_runs]
 
 
 def _fsdp_module_type() -> type | None:
@@ -131,24 +180,31 @@ def evaluate(closure: Closure, grads: Sequence[Tensor], devices: list[int]) -> T
 
 
 def probe_group(
-    params: Sequence[Tensor], direction: Callable[[int, Tensor], Tensor],
+    params: Sequence[Tensor], runs: Sequence[Sequence[int]],
+    direction: Callable[[Sequence[int], list[Tensor]], list[Tensor]],
     etas: Sequence[float], loss: Callable[[], Tensor],
 ) -> list[Tensor]:
     """Losses at ``w - eta * d`` for each ``eta``; ``params`` are restored bit for bit.
 
-    ``direction(i, w_i)`` returns ``d`` for the i-th tensor at its original value ``w_i``;
-    it is recomputed per probe so that the extra memory is one copy of this group only.
+    ``runs`` partition the indices of ``params`` into chunks (``chunks``); ``direction(run,
+    ws)`` returns ``d`` of the tensors at ``run`` (as real tensors, ``real``) from their
+    original values ``ws``. It is recomputed per probe and chunk, so that the extra memory is
+    one copy of this group and the transient of one chunk.
     """
-    backup = [p.detach().clone() for p in params]
+    views = [real(p.detach()) for p in params]
+    backup = [v.clone() for v in views]
     losses = []
     try:
         for eta in etas:
-            for i, (p, w) in enumerate(zip(params, backup)):
-                p.copy_(w).sub_(direction(i, w), alpha=eta)
+            for run in runs:
+                moved, originals = [views[i] for i in run], [backup[i] for i in run]
+                for v, w in zip(moved, originals):  # copy_ per tensor: DTensor has no _foreach_copy_
+                    v.copy_(w)
+                torch._foreach_sub_(moved, direction(run, originals), alpha=eta)
             losses.append(loss())
     finally:
-        for p, w in zip(params, backup):
-            p.copy_(w)
+        for v, w in zip(views, backup):
+            v.copy_(w)
     return losses
 
 

@@ -5,6 +5,16 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+# Tests that take a ``device`` run on the CPU everywhere and on CUDA where a GPU is present
+# (``pytest -k cuda`` runs only those); CI has no GPU, so it reports them as skipped.
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (on a GPU: pytest -k cuda)")
+DEVICES = ("cpu", pytest.param("cuda", marks=CUDA))
+
+
+def rng_state(device: str) -> torch.Tensor:
+    """The state of the generator that dropout on ``device`` draws from."""
+    return torch.cuda.get_rng_state() if device == "cuda" else torch.get_rng_state()
+
 
 class Net(torch.nn.Module):
     """A small MLP with every kind of group: embedding, norm, biases, weights, a head."""

@@ -12,6 +12,7 @@ import pickle
 import pytest
 import torch
 
+from conftest import CUDA
 from gen_optim import ClosureError, GeNAdamW
 
 KINDS = ("adamw", "gen_off", "gen_on")
@@ -19,15 +20,15 @@ X = torch.randn(32, 4, generator=torch.Generator().manual_seed(0))
 Y = torch.randn(32, 1, generator=torch.Generator().manual_seed(1))
 
 
-def make_params(dtype=torch.float32, seed=0):
+def make_params(dtype=torch.float32, seed=0, device="cpu"):
     g = torch.Generator().manual_seed(seed)
     shapes = [(4, 8), (8,), (8, 1)]
-    return [torch.nn.Parameter((0.5 * torch.randn(s, generator=g)).to(dtype)) for s in shapes]
+    return [torch.nn.Parameter((0.5 * torch.randn(s, generator=g)).to(device, dtype)) for s in shapes]
 
 
 def loss_of(params):
     W, b, v = (p.float() for p in params)
-    return torch.nn.functional.mse_loss(torch.tanh(X @ W + b) @ v, Y)
+    return torch.nn.functional.mse_loss(torch.tanh(X.to(W.device) @ W + b) @ v, Y.to(W.device))
 
 
 def closure_over(params):
@@ -275,13 +276,22 @@ OPTIONS = {
     "tensor lr": dict(lr=torch.tensor(1e-2), foreach=False),
     "tensor lr, fused": dict(lr=torch.tensor(1e-2), fused=True),
 }
+CUDA_OPTIONS = {  # torch's AdamW allows these on CUDA only
+    "capturable": dict(capturable=True),
+    "capturable, for-loop": dict(capturable=True, foreach=False),
+    "capturable, tensor lr": dict(capturable=True, lr=torch.tensor(1e-2)),
+}
+DEVICE_OPTIONS = [(o, "cpu") for o in sorted(OPTIONS)] + [
+    pytest.param(o, "cuda", marks=CUDA) for o in sorted(OPTIONS | CUDA_OPTIONS)]
 
 
-@pytest.mark.parametrize("option", sorted(OPTIONS))
+@pytest.mark.parametrize("option, device", DEVICE_OPTIONS)
 @pytest.mark.parametrize("kind", KINDS[1:])
-def test_every_adamw_option(kind, option):
-    kw = OPTIONS[option]
-    params, twin = make_params(), make_params()
+def test_every_adamw_option(kind, option, device):
+    kw = dict(OPTIONS | CUDA_OPTIONS)[option]
+    if kw.get("capturable") and torch.is_tensor(kw.get("lr")):
+        kw = kw | dict(lr=kw["lr"].to(device))
+    params, twin = make_params(device=device), make_params(device=device)
     opt, control = make(kind, params, **kw), torch.optim.AdamW(twin, **{"lr": 1e-2, **kw})
     sign = -1.0 if kw.get("maximize") else 1.0
     if kind == "gen_on":

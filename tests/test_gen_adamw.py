@@ -5,10 +5,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import Net, make_data
-from gen_optim import ClosureError, GeNAdamW, group_parameters, iterator_closure
+from conftest import DEVICES, Net, make_data, rng_state
+from gen_optim import ClosureError, GeNAdamW, group_parameters, iterator_closure, probe
 from gen_optim.gen_adamw_reference import GeNAdamWReference
+from gen_optim.probe import chunks
 from gen_optim.rule import Action, Verdict, moment_steps
+
+
+def on(device, *tensors):
+    return [t.to(device) for t in tensors]
 
 
 def train(model, opt, steps, data=None, closure_data=None):
@@ -19,8 +24,8 @@ def train(model, opt, steps, data=None, closure_data=None):
         opt.step()
 
 
-def mse_closure(model, seed=1):
-    tokens, target = make_data(seed=seed)
+def mse_closure(model, seed=1, device="cpu"):
+    tokens, target = on(device, *make_data(seed=seed))
     return lambda: F.mse_loss(model(tokens), target)
 
 
@@ -28,10 +33,11 @@ def state_equal(a, b):
     return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_probe_every_zero_is_adamw_step_for_step(dtype):
+def test_probe_every_zero_is_adamw_step_for_step(dtype, device):
     torch.manual_seed(0)
-    model = Net().to(dtype)
+    model = Net().to(device, dtype)
     model.embed.weight.requires_grad_(True)
     twin = copy.deepcopy(model)
     frozen_grad = {"fc.bias"}  # a parameter that never gets a gradient
@@ -46,7 +52,7 @@ def test_probe_every_zero_is_adamw_step_for_step(dtype):
 
     ours = GeNAdamW(groups(model), lr=1e-2, probe_every=0)
     ref = torch.optim.AdamW(groups(twin), lr=1e-2)
-    tokens, target = make_data()
+    tokens, target = on(device, *make_data())
     for _ in range(10):
         for m, opt in ((model, ours), (twin, ref)):
             opt.zero_grad()
@@ -56,7 +62,7 @@ def test_probe_every_zero_is_adamw_step_for_step(dtype):
                     p.grad = None
             opt.step()
         assert state_equal(model, twin)
-    assert not torch.equal(model.fc.weight, Net().to(dtype).fc.weight)
+    assert not torch.equal(model.fc.weight, Net().to(device, dtype).fc.weight)
 
 
 BASE = dict(lr=1e-2, probe_every=3, r2_min=0.9, smoothing=0.5, weight_decay=0.05)
@@ -80,10 +86,11 @@ EQUIVALENCE = {
 }
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", EQUIVALENCE)
-def test_matches_reference_step_for_step(name):
+def test_matches_reference_step_for_step(name, device):
     torch.manual_seed(0)
-    model = Net().double()
+    model = Net().to(device, torch.float64)
     twin = copy.deepcopy(model)
     kw = BASE | EQUIVALENCE[name]
     per_group, scheduler, steps = kw.pop("groups", {}), kw.pop("scheduler", None), kw.pop("steps", 12)
@@ -91,10 +98,10 @@ def test_matches_reference_step_for_step(name):
     def groups(m):
         return [g | per_group.get(g["name"], {}) for g in group_parameters(m)]
 
-    ours = GeNAdamW(groups(model), mse_closure(model), **kw)
-    ref = GeNAdamWReference(groups(twin), mse_closure(twin), **kw)
+    ours = GeNAdamW(groups(model), mse_closure(model, device=device), **kw)
+    ref = GeNAdamWReference(groups(twin), mse_closure(twin, device=device), **kw)
     schedulers = [scheduler(o) for o in (ours, ref)] if scheduler else []
-    tokens, target = make_data()
+    tokens, target = on(device, *make_data())
     for _ in range(steps):
         for m, opt in ((model, ours), (twin, ref)):
             opt.zero_grad()
@@ -256,18 +263,19 @@ def test_the_moments_transient_holds_rates_then_fits_move_them():
     assert opt.param_groups[0]["gen_descent"] == pytest.approx(sum(0.9**k for k in range(5)))
 
 
-def test_probes_leave_no_trace():
+@pytest.mark.parametrize("device", DEVICES)
+def test_probes_leave_no_trace(device):
     """With rates pinned (rate_clip 1..1, no search) a probing step is exactly AdamW: weights, BatchNorm
     buffers and the RNG stream are untouched by the probe forwards (dropout on, train mode)."""
     torch.manual_seed(0)
-    model = Net(dropout=0.3, batchnorm=True)
+    model = Net(dropout=0.3, batchnorm=True).to(device)
     twin = copy.deepcopy(model)
-    probe_tokens, probe_target = make_data(seed=1)
+    probe_tokens, probe_target = on(device, *make_data(seed=1))
     closure = iterator_closure(model, [probe_tokens], lambda m, tokens: F.mse_loss(m(tokens), probe_target))
     ours = GeNAdamW(model.parameters(), closure, lr=1e-2, probe_every=1, rate_clip=(1.0, 1.0), joint=False, r2_min=0.0,
                      search=0)
     ref = torch.optim.AdamW(twin.parameters(), lr=1e-2)
-    tokens, target = make_data()
+    tokens, target = on(device, *make_data())
     for _ in range(5):
         rng = []
         for m, opt in ((model, ours), (twin, ref)):
@@ -275,20 +283,56 @@ def test_probes_leave_no_trace():
             opt.zero_grad()
             F.mse_loss(m(tokens), target).backward()
             opt.step()
-            rng.append(torch.get_rng_state())
+            rng.append(rng_state(device))
         assert torch.equal(*rng)
         assert state_equal(model, twin)  # parameters and BatchNorm running statistics
     assert len(ours.history) == 5
 
 
-def test_every_probe_of_a_round_sees_the_same_rng_state():
+def test_chunks_partition_the_tensors_by_kind_within_the_limit():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        n = int(torch.randint(1, 12, (1,), generator=g))
+        sizes = torch.randint(1, 13, (n,), generator=g).tolist()  # some above the limit: alone
+        dtypes = [(torch.float32, torch.float64)[int(b)] for b in torch.randint(0, 2, (n,), generator=g)]
+        keys = torch.randint(0, 2, (n,), generator=g).tolist()
+        tensors = [torch.zeros(s, dtype=d) for s, d in zip(sizes, dtypes)]
+        runs = chunks(tensors, keys, limit=8)
+        assert sorted(i for run in runs for i in run) == list(range(n))
+        for run in runs:
+            assert len({(dtypes[i], keys[i]) for i in run}) == 1
+            assert len(run) == 1 or sum(sizes[i] for i in run) <= 8
+        for kind in {(d, k) for d, k in zip(dtypes, keys)}:  # a kind's runs: its tensors in order, each run full
+            mine = [run for run in runs if (dtypes[run[0]], keys[run[0]]) == kind]
+            assert [i for run in mine for i in run] == [i for i in range(n) if (dtypes[i], keys[i]) == kind]
+            assert all(sum(sizes[i] for i in a) + sizes[b[0]] > 8 for a, b in zip(mine, mine[1:]))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_probes_in_small_chunks_fit_what_one_chunk_fits(device, monkeypatch):
+    """A group probed in chunks of one tensor at a time fits the rates of one chunk per group."""
+    histories = []
+    for limit in (probe.PROBE_CHUNK, 1):
+        monkeypatch.setattr(probe, "PROBE_CHUNK", limit)
+        torch.manual_seed(0)
+        model = Net().to(device)
+        opt = GeNAdamW(group_parameters(model), mse_closure(model, device=device), probe_every=1,
+                       probe_direction="current", amsgrad=True)
+        train(model, opt, 3, data=on(device, *make_data()))
+        histories.append([e[k] for r in opt.history for e in r["groups"].values() for k in ("A", "B", "lr")])
+    assert histories[0] == (pytest.approx(histories[1], rel=1e-5) if device == "cuda" else histories[1])
+    assert len(histories[0]) == 3 * 3 * len(group_parameters(Net()))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_every_probe_of_a_round_sees_the_same_rng_state(device):
     torch.manual_seed(0)
-    model = Net(dropout=0.5)
+    model = Net(dropout=0.5).to(device)
     draws = []
-    tokens, target = make_data()
+    tokens, target = on(device, *make_data())
 
     def closure():
-        draws.append(torch.rand(1).item())
+        draws.append(torch.rand(1, device=device).item())
         return F.mse_loss(model(tokens), target)
 
     opt = GeNAdamW(group_parameters(model), closure, probe_every=1, joint=True, search=0)
