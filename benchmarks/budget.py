@@ -16,11 +16,17 @@ and, as the ranking's noise floor, the same tau between two seeds of the unlimit
 ``--sst2`` adds the ranking check on all-MiniLM-L6-v2 cut to 2 blocks (LoRA equipped, all
 trainable; SST-2 from ``benchmarks.table3_sst2``), budget against unlimited, at both steps.
 
+``--sst2_quality`` adds the quality check on a real fine-tuning benchmark: full fine-tuning of
+all-MiniLM-L6-v2 on SST-2 (``lr_free.py``'s task: 200 steps, batch 16), GeNAdamW at its
+defaults against the unlimited rule from each of ``lr_free.STARTS``, seeds 0 and 1, dev
+accuracy and wall time side by side (kept in ``--sst2_out``; a rerun resumes).
+
 ``--all_tokens`` puts the loss on every token (where warm-up once collapsed rates).
 
 ``--no-grid`` runs only AdamW 1e-3 and the budget (the cost of a long run).
 
-    python -m benchmarks.budget [--steps 600] [--seeds 0 1 2] [--lrs 1e-4 1e-3 1e-2] [--all_tokens] [--sst2] [--no-grid] [--quick]
+    python -m benchmarks.budget [--steps 600] [--seeds 0 1 2] [--lrs 1e-4 1e-3 1e-2] [--all_tokens] [--sst2]
+        [--sst2_quality [--sst2_out runs/budget_sst2.jsonl]] [--no-grid] [--no-stability] [--quick]
 """
 from __future__ import annotations
 
@@ -32,6 +38,7 @@ import random
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -125,21 +132,40 @@ def sst2_taus(steps: int, seeds: list[int], quick: bool) -> None:
               f"at step {steps} {kendall_tau(a.appi_end, b.appi_end):.3f}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 1e-3, 1e-2])
-    parser.add_argument("--all_tokens", action="store_true", help="the loss on every token, not the reference's")
-    parser.add_argument("--unlimited", action=argparse.BooleanOptionalAction, default=True,
-                        help="also the rule with no budget (the costliest runs)")
-    parser.add_argument("--grid", action=argparse.BooleanOptionalAction, default=True,
-                        help="also AdamW 3e-4 and 3e-3 and the fixed probe_every=8 (without: the cost of long runs)")
-    parser.add_argument("--sst2", action="store_true", help="also the APPI ranking on SST-2 (MiniLM, 2 blocks)")
-    parser.add_argument("--quick", action="store_true", help="40 steps, one seed, one start: mechanics only")
-    args = parser.parse_args()
-    if args.quick:
-        args.steps, args.seeds, args.lrs = 40, [0], [1e-3]
+def sst2_quality(out: Path, seeds: list[int], quick: bool) -> None:
+    """Dev accuracy of MiniLM full fine-tuning on SST-2: the budget against the unlimited rule."""
+    from .harness import Ledger, Run, run_once
+    from .lr_free import LABEL, STARTS
+    from .optimizers import Optimizer
+    from .table3_sst2 import SHARED, SST2, sst2_inputs
+
+    quick, files = sst2_inputs(SHARED, quick)
+    steps, starts = (16, STARTS[-1:]) if quick else (200, STARTS)
+    task = SST2(*files, quick)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ledger = Ledger(out)
+    rules = {"budget": None, "unlimited": dict(probe_budget=UNLIMITED)}
+    found = {(start, name): [] for start in starts for name in rules}
+    for seed in seeds:
+        for start in starts:
+            for name, gen in rules.items():
+                found[(start, name)].append(run_once(ledger, task, Run(LABEL, None, Optimizer.GEN, start, seed), steps,
+                                                     gen=gen))
+    print(f"\nSST-2, {'tiny random BERT (mechanics only)' if quick else 'all-MiniLM-L6-v2'}, full fine-tuning, "
+          f"{steps} steps, batch 16, seeds {seeds}: GeNAdamW at its defaults (budget) against the unlimited rule")
+    print("| start | dev accuracy, budget (%) | unlimited (%) | budget - unlimited (points) | wall time, budget / unlimited |")
+    print("|---|---|---|---|---|")
+    for start in starts:
+        budget, unlimited = found[(start, "budget")], found[(start, "unlimited")]
+        accuracy = [statistics.fmean(r["metric"] for r in rows) for rows in (budget, unlimited)]
+        seconds = [statistics.fmean(r["seconds"] for r in rows) for rows in (budget, unlimited)]
+        cells = [" / ".join(f"{100 * r['metric']:.1f}" for r in rows) for rows in (budget, unlimited)]
+        print(f"| {start:g} | {cells[0]} (mean {100 * accuracy[0]:.2f}) | {cells[1]} (mean {100 * accuracy[1]:.2f}) "
+              f"| {100 * (accuracy[0] - accuracy[1]):+.2f} | {seconds[0] / seconds[1]:.2f} |", flush=True)
+
+
+def stability_task(args: argparse.Namespace) -> None:
+    """The stability task's table: cost, held-out loss and the APPI ranking of each config."""
     data = load()
     todo = configs(args.lrs, args.unlimited, args.grid)
     results: dict[str, list[dict]] = {name: [] for name in todo}
@@ -180,8 +206,34 @@ def main() -> None:
     print(f"best AdamW: {best} {best_loss:.3f}; each GeNAdamW run against it: " + ", ".join(
         f"{n} {statistics.fmean(r['loss'] for r in runs) / best_loss:.3f}" for n, runs in results.items()
         if not n.startswith("adamw")))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 1e-3, 1e-2])
+    parser.add_argument("--all_tokens", action="store_true", help="the loss on every token, not the reference's")
+    parser.add_argument("--unlimited", action=argparse.BooleanOptionalAction, default=True,
+                        help="also the rule with no budget (the costliest runs)")
+    parser.add_argument("--grid", action=argparse.BooleanOptionalAction, default=True,
+                        help="also AdamW 3e-4 and 3e-3 and the fixed probe_every=8 (without: the cost of long runs)")
+    parser.add_argument("--sst2", action="store_true", help="also the APPI ranking on SST-2 (MiniLM, 2 blocks)")
+    parser.add_argument("--sst2_quality", action="store_true",
+                        help="also dev accuracy on SST-2 (MiniLM full fine-tuning), budget against unlimited")
+    parser.add_argument("--sst2_out", type=Path, default=Path("runs/budget_sst2.jsonl"))
+    parser.add_argument("--stability", action=argparse.BooleanOptionalAction, default=True,
+                        help="the stability task (without: only the SST-2 checks asked for)")
+    parser.add_argument("--quick", action="store_true", help="40 steps, one seed, one start: mechanics only")
+    args = parser.parse_args()
+    if args.quick:
+        args.steps, args.seeds, args.lrs = 40, [0], [1e-3]
+    if args.stability:
+        stability_task(args)
     if args.sst2 or args.quick:
         sst2_taus(16 if args.quick else 200, [0] if args.quick else [0, 1], args.quick)
+    if args.sst2_quality or args.quick:
+        sst2_quality(args.sst2_out, [0] if args.quick else [0, 1], args.quick)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import budget as budget_module
 from benchmarks.harness import curve, frontier_gap, kendall_tau, masks, random_mask
 from benchmarks.optimizers import WARMUP_FRACTION, Optimizer, Schedule
 from gen_optim.mask import propose
@@ -163,12 +164,20 @@ def test_fit_verdicts_quick():
     assert "dev accuracy" in done.stdout
 
 
-def test_budget_quick():
+def table_rows(text):
+    """The rows of the markdown table(s) in ``text``, by first cell."""
+    return {r[0]: r[1:] for r in ([c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()
+                                  if line.startswith("| ") and "---" not in line)}
+
+
+def test_budget_quick(tmp_path, capsys):
     """The probe budget's benchmark end to end: AdamW probes nothing; the budget's warm-up
-    forwards are part of its probe forwards, and its compute fraction is theirs / 3."""
-    done = quick_benchmark("budget", "--no-grid")
-    rows = {r[0]: r[1:] for r in ([c.strip() for c in line.strip("|").split("|")] for line in done.stdout.splitlines()
-                                   if line.startswith("| ") and "---" not in line)}
+    forwards are part of its probe forwards, and its compute fraction is theirs / 3; on SST-2
+    the budget and the unlimited rule each train once, resumed from the ledger on a rerun."""
+    out = tmp_path / "budget_sst2.jsonl"
+    done = quick_benchmark("budget", "--no-grid", "--sst2_out", str(out))
+    stability, _, quality = done.stdout.partition("full fine-tuning, 16 steps")
+    rows = table_rows(stability)
     header = rows.pop("config")
     assert list(rows) == ["adamw 1e-3", "budget 0.1 from 0.001", "unlimited from 0.001"]
     col = {name: header.index(name) for name in ("probe forwards / step", "compute fraction", "warm-up forwards")}
@@ -181,6 +190,15 @@ def test_budget_quick():
     taus = [float(budget[header.index(name)]) for name in ("APPI tau vs unlimited at step 4", "at the end")]
     assert all(-1.0 <= t <= 1.0 for t in taus)
     assert "Kendall tau at step 1 (Part I's selection)" in done.stdout  # SST-2: 16 steps in --quick
+    quality_rows = table_rows(quality)
+    assert list(quality_rows) == ["start", "0.001"]
+    budget, unlimited = (float(c.partition(" ")[0]) for c in quality_rows["0.001"][:2])
+    assert 0 <= budget <= 100 and 0 <= unlimited <= 100
+    ledger = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [row["key"].get("gen") for row in ledger] == [None, {"probe_budget": 1e9}]
+    budget_module.sst2_quality(out, [0], quick=True)  # a rerun reads the ledger: nothing trains again
+    assert table_rows(capsys.readouterr().out.partition("full fine-tuning, 16 steps")[2]) == quality_rows
+    assert len(out.read_text().splitlines()) == 2
 
 
 def test_schedule_factors():
