@@ -11,8 +11,8 @@ Prints, measured side by side in one run (configurations interleaved, medians of
   against GeNAdamW at its defaults (the probe budget, warm-up and the first round's search
   included; ``replay_closure``, so probes see each step's batch), alternating, each from the same
   weights over the same ``WHOLE_RUN_BATCHES`` batches in turn, and the probe forwards per step;
-  with ``--chunk_ablation``, also GeNAdamW moving one tensor per chunk (``probe.PROBE_CHUNK = 1``:
-  the kernel launches of the per-tensor loop that probes ran before 0.2.0).
+  with ``--chunk_ablation``, also GeNAdamW computing directions one tensor per chunk
+  (``probe.PROBE_CHUNK = 1``: the kernel launches of a loop over the tensors).
 
     python -m benchmarks.overhead [--device cuda] [--rounds 5] [--whole_run 1000 [--whole_repeats 2] [--chunk_ablation]]
 """
