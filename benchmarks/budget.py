@@ -46,6 +46,7 @@ from examples.e2e import collate
 from gen_optim import GeNAdamW, group_parameters, replay_closure
 from gen_optim.rule import STEP_FORWARDS
 
+from .common import ProbeForwards
 from .harness import kendall_tau, select_step
 from .stability import held_out_loss, load, model_for
 
@@ -83,8 +84,7 @@ def run(config: dict, seed: int, data, steps: int, all_tokens: bool, batch: int 
         opt = GeNAdamW(groups, replay_closure(model), lr=config["lr"], **config["gen"])
     else:
         opt = torch.optim.AdamW(groups, lr=config["lr"])
-    probes = [0]
-    hook = model.register_forward_pre_hook(lambda *_: probes.__setitem__(0, probes[0] + (not torch.is_grad_enabled())))
+    probes = ProbeForwards(model)
     order = random.Random(seed)
     started = time.perf_counter()
     warmup = None  # probe forwards until every group's warm-up is over
@@ -95,16 +95,16 @@ def run(config: dict, seed: int, data, steps: int, all_tokens: bool, batch: int 
         model(**b).loss.backward()
         opt.step()
         if warmup is None and "gen" in config and all(g["gen_settled"] for g in opt.param_groups):
-            warmup = probes[0]
+            warmup = probes.count
         if step == select_at and "gen" in config:
             at_select = dict(opt.state["appi"])
     seconds = time.perf_counter() - started
-    hook.remove()
+    probes.remove()
     loss = held_out_loss(model, held_out_rows, tokenizer.pad_token_id,
                          collate_fn=functools.partial(batch_of, all_tokens=all_tokens))
     appi = dict(opt.state["appi"]) if "gen" in config else {}
     rounds = opt.state["gen"]["rounds"] if "gen" in config else 0
-    return dict(seconds=seconds, probes=probes[0], loss=loss if math.isfinite(loss) else math.inf, appi=appi,
+    return dict(seconds=seconds, probes=probes.count, loss=loss if math.isfinite(loss) else math.inf, appi=appi,
                 appi_select=at_select, rounds=rounds, warmup=warmup)
 
 

@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmarks: a small GPT-2, timed training steps, peak memory."""
+"""Helpers shared by the benchmarks: a small GPT-2, timed training steps, probe forwards counted, peak memory."""
 from __future__ import annotations
 
 import ctypes
@@ -50,6 +50,21 @@ def interleaved_step_times(runs: dict, batch: torch.Tensor, steps: int, rounds: 
             reset()
             times[name].append(timed(lambda: train_steps(model, opt, batch, steps), device) / steps)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+class ProbeForwards:
+    """Counts a model's forwards run without gradients: GeNAdamW's probes (and ``L0``), since
+    training forwards run with gradients. ``count`` can be reset; ``remove()`` unhooks."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.count = 0
+        self._handle = model.register_forward_pre_hook(self._see)
+
+    def _see(self, *_) -> None:
+        self.count += not torch.is_grad_enabled()
+
+    def remove(self) -> None:
+        self._handle.remove()
 
 
 class _MallInfo2(ctypes.Structure):

@@ -22,7 +22,7 @@ import argparse
 import statistics
 
 import torch
-from benchmarks.common import batches, gpt2, interleaved_step_times, peak_memory, timed, train_steps
+from benchmarks.common import ProbeForwards, batches, gpt2, interleaved_step_times, peak_memory, timed, train_steps
 
 from gen_optim import GeNAdamW, group_parameters, probe, replay_closure
 from gen_optim.rule import STEP_FORWARDS
@@ -118,8 +118,7 @@ def whole_runs(args):
     model = gpt2(args.layers, args.width, args.seq, args.device)
     data = batches(WHOLE_RUN_BATCHES, args.batch, args.seq, args.device)
     initial = {k: v.clone() for k, v in model.state_dict().items()}
-    probes = [0]
-    model.register_forward_pre_hook(lambda *_: probes.__setitem__(0, probes[0] + (not torch.is_grad_enabled())))
+    probes = ProbeForwards(model)
     chunk_limits = {"GeNAdamW at its defaults": probe.PROBE_CHUNK}
     if args.chunk_ablation:
         chunk_limits["GeNAdamW, one tensor per chunk"] = 1
@@ -134,7 +133,7 @@ def whole_runs(args):
             else:
                 opt = GeNAdamW(group_parameters(model), replay_closure(model), lr=1e-4)
                 probe.PROBE_CHUNK = chunk_limits[kind]
-            probes[0] = 0
+            probes.count = 0
 
             def run():
                 for step in range(args.whole_run):
@@ -143,7 +142,7 @@ def whole_runs(args):
                     model(input_ids=batch, labels=batch).loss.backward()
                     opt.step()
             seconds[kind].append(timed(run, args.device))
-            forwards[kind] = probes[0]
+            forwards[kind] = probes.count
             if kind != "AdamW":
                 opt.closure.hook.remove()
                 probe.PROBE_CHUNK = chunk_limits["GeNAdamW at its defaults"]

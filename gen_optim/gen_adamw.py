@@ -565,7 +565,7 @@ class GeNAdamW(torch.optim.Optimizer):
             fit = self._fit(group, probes, found)
             rule = RateRule.of(group)
             schedule = Schedule.of(group)
-            held = rule.held(int(w.steps[0]) if w.steps else 0)
+            held = rule.held(w.counts()[0] if w.steps else 0)
             if not held:
                 group["gen_descent"] = rule.tally(group["gen_descent"], fit)
             standing = Standing(rule.warming(step, schedule), held, group["gen_descent"])
