@@ -76,7 +76,7 @@ ADAMW_OPTIONS = dict(amsgrad=False, maximize=False, foreach=None, capturable=Fal
 # GeN's settings: per param group, like AdamW's, so they survive state_dict(), copies and pickles.
 GEN_SETTINGS = dict(
     probe_every=None, probe_budget=0.1, probe_scales=(-2.0, -1.0, 1.0, 2.0), r2_min=0.99, smoothing=0.9,
-    rate_clip=(0.5, 2.0), joint=False, warmup=10, search=6, probe_direction="previous",
+    rate_clip=(0.5, 2.0), joint=False, warmup=10, search=6, probe_direction="previous", fit_steps=None,
 )
 PROBE_DIRECTIONS = ("previous", "current")
 
@@ -144,6 +144,10 @@ def _check_gen(group: dict[str, Any]) -> None:
                          ("search", "re-probes of the first round's line search")):
         if isinstance(group[key], bool) or not (isinstance(group[key], int) and group[key] >= 0):
             raise ValueError(f"{key} must be an int >= 0 ({meaning}), got {group[key]!r}")
+    steps = group["fit_steps"]
+    if steps is not None and (isinstance(steps, bool) or not (isinstance(steps, int) and steps >= 1)):
+        raise ValueError(f"fit_steps must be None (ceil(1 / (1 - beta1)), the first moment's reach) or an int "
+                         f">= 1 (1: GeN's A / B), got {steps!r}")
     if group["probe_direction"] not in PROBE_DIRECTIONS:
         raise ValueError(f"probe_direction must be one of {PROBE_DIRECTIONS}, got {group['probe_direction']!r}")
     lo, hi = group["rate_clip"]
@@ -254,6 +258,11 @@ class GeNAdamW(torch.optim.Optimizer):
             it before its rate settles (budget); unsmoothed, shrinking uphill rates.
         search: re-probes per group in its first round's line search (0: none).
         probe_direction: ``"previous"`` (the last update's direction) or ``"current"``.
+        fit_steps: the steps an accepted fit's one-step minimum ``A / B`` is spread over: its
+            target is ``A / B / fit_steps``. ``None`` (default): ``ceil(1 / (1 - beta1))``, the
+            steps AdamW's first moment carries a direction into (10 at the default betas);
+            ``1``: GeN's ``A / B``, measured better for PEFT masks on a pretrained causal LM and
+            for training from scratch, worse for full fine-tuning (README, "Learning-rate-free").
         foreach, maximize, capturable, differentiable, fused: as ``torch.optim.AdamW``
             (``differentiable`` only with ``probe_every=0``).
 
@@ -282,6 +291,7 @@ class GeNAdamW(torch.optim.Optimizer):
         warmup: int = GEN_SETTINGS["warmup"],
         search: int = GEN_SETTINGS["search"],
         probe_direction: str = GEN_SETTINGS["probe_direction"],
+        fit_steps: int | None = GEN_SETTINGS["fit_steps"],
         foreach: bool | None = None,
         maximize: bool = False,
         capturable: bool = False,
@@ -301,7 +311,7 @@ class GeNAdamW(torch.optim.Optimizer):
         settings = dict(probe_every=probe_every, probe_budget=probe_budget,
                         probe_scales=tuple(float(s) for s in probe_scales), r2_min=r2_min, smoothing=smoothing,
                         rate_clip=tuple(rate_clip), joint=joint, warmup=warmup, search=search,
-                        probe_direction=probe_direction)
+                        probe_direction=probe_direction, fit_steps=fit_steps)
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, **options, **settings)
         super().__init__(params, defaults)
         self.state["gen"] = _fresh_log()

@@ -17,9 +17,11 @@ import torch
 class GeNAdamWReference(torch.optim.Optimizer):
     def __init__(self, params, closure, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  probe_every=None, probe_budget=0.1, probe_scales=(-2.0, -1.0, 1.0, 2.0), r2_min=0.99, smoothing=0.9,
-                 rate_clip=(0.5, 2.0), joint=False, warmup=10, search=6, probe_direction="previous"):
+                 rate_clip=(0.5, 2.0), joint=False, warmup=10, search=6, probe_direction="previous",
+                 fit_steps=None):
         settings = dict(probe_every=probe_every, probe_budget=probe_budget, probe_scales=probe_scales, r2_min=r2_min, smoothing=smoothing,
-                        rate_clip=rate_clip, joint=joint, warmup=warmup, search=search, probe_direction=probe_direction)
+                        rate_clip=rate_clip, joint=joint, warmup=warmup, search=search, probe_direction=probe_direction,
+                        fit_steps=fit_steps)
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, **settings))
         self.closure = closure
         self.t = 0
@@ -33,6 +35,8 @@ class GeNAdamWReference(torch.optim.Optimizer):
             # no rate grows then, and warm-up's rounds come after
             group["moment_steps"] = math.ceil(1 / (1 - group["betas"][0]) - 1e-9)
             group["warmup_rounds"] = group["moment_steps"] + group["warmup"] if group["warmup"] else 0
+            # a fit's minimum A / B is spread over this many steps (the first moment's reach by default)
+            group["spread"] = group["moment_steps"] if group["fit_steps"] is None else group["fit_steps"]
             # the budget's schedule: forwards it may spend, when it is next due, how often, warm-up over
             group["credit"] = (group["warmup_rounds"] + group["search"]) * (len(group["probe_scales"]) + 1.0)
             group["next"], group["interval"], group["settled"] = 0, 1, group["warmup"] == 0
@@ -91,8 +95,8 @@ class GeNAdamWReference(torch.optim.Optimizer):
                 A, B, r2, _ = fit
                 if not r2 >= group["r2_min"]:
                     group["gen_lr"] /= 4
-                elif A > 0 and B > 0 and A / B / group["moment_steps"] < group["rate_clip"][0] * group["gen_lr"]:
-                    group["gen_lr"] = max(A / B / group["moment_steps"], group["gen_lr"] / 4)
+                elif A > 0 and B > 0 and A / B / group["spread"] < group["rate_clip"][0] * group["gen_lr"]:
+                    group["gen_lr"] = max(A / B / group["spread"], group["gen_lr"] / 4)
                 else:
                     continue
                 lowered.append((group, params))
@@ -134,7 +138,7 @@ class GeNAdamWReference(torch.optim.Optimizer):
                     step = min(A / B, max(group["probe_scales"]) * old)  # the parabola's minimum, or the farthest probe
                     self.appi[group["name"]] += 2 * (A * step - B * step**2 / 2) / sum(p.numel() for p in group["params"])
                     # the parabola's minimum, spread over the steps the first moment carries d into
-                    target = min(max(A / B / group["moment_steps"], lo * group["gen_lr"]), hi * group["gen_lr"])
+                    target = min(max(A / B / group["spread"], lo * group["gen_lr"]), hi * group["gen_lr"])
                     group["gen_lr"] = smoothing * group["gen_lr"] + (1 - smoothing) * target
                     # a fit may raise the rate only past the moments' transient, when the direction has
                     # clearly descended lately (a tally one standard deviation of a fair coin's above 0)
@@ -149,7 +153,7 @@ class GeNAdamWReference(torch.optim.Optimizer):
                     shrunk = True
                 if group["probe_every"] is None:  # the budget's schedule after this round
                     settled = group["settled"] or group["rounds"] >= group["warmup_rounds"] or (
-                        not held and accepted and lo * old <= A / B / group["moment_steps"] <= hi * old)
+                        not held and accepted and lo * old <= A / B / group["spread"] <= hi * old)
                     if settled and not group["settled"]:
                         group["credit"] = min(group["credit"], 0.0)  # warm-up's unspent credit is dropped
                     moved = shrunk or not 1 / 1.05 < group["gen_lr"] / old < 1.05

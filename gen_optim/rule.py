@@ -36,6 +36,8 @@ settings (``RateRule``), a ``Fit`` and the group's fitted rate; nothing here tou
   ``sum_k beta1^k = 1 / (1 - beta1)`` steps' worth), so a rate of ``A / B`` per step goes about
   ``moment_steps`` times past the minimum. Without momentum (``beta1 = 0``) it is GeN's
   ``A / B``. On MiniLM the one-step minimum of the bulk weights was 30x the best AdamW rate.
+  ``fit_steps`` sets the divisor instead (1: GeN's ``A / B``): no fixed divisor was right on
+  every task measured (README, "Learning-rate-free").
 - ``decide``: an accepted fit moves the rate towards ``fitted``, clipped to ``rate_clip`` times
   the rate and smoothed (``smoothing``; none in warm-up); it may *raise* the rate only when the
   moments are past their transient and the tally is at least ``CLEAR_TALLY`` (the direction
@@ -178,13 +180,14 @@ class RateRule:
     probe_budget: float = 0.1
     n_probes: int = 4  # len(probe_scales)
     moment_steps: int = 10  # moment_steps(beta1)
+    fit_steps: int | None = None  # None: moment_steps
 
     @classmethod
     def of(cls, group: dict[str, Any]) -> RateRule:
         """The rule of a GeNAdamW param group."""
         return cls(group["probe_every"], group["warmup"], group["search"], group["r2_min"], group["smoothing"],
                    tuple(group["rate_clip"]), group["probe_budget"], len(group["probe_scales"]),
-                   moment_steps(group["betas"][0]))
+                   moment_steps(group["betas"][0]), group["fit_steps"])
 
     @property
     def budgeted(self) -> bool:
@@ -305,9 +308,9 @@ class RateRule:
         return Decision(verdict, Action.KEEP, rate, detail)
 
     def fitted(self, fit: Fit) -> float:
-        """The rate an accepted fit calls for: its minimum ``A / B`` spread over the
-        ``moment_steps`` steps that AdamW's first moment carries a direction into."""
-        return fit.rate / self.moment_steps
+        """The rate an accepted fit calls for: its minimum ``A / B`` spread over ``fit_steps``
+        steps, by default the ``moment_steps`` that AdamW's first moment carries a direction into."""
+        return fit.rate / (self.moment_steps if self.fit_steps is None else self.fit_steps)
 
     def _towards(self, target: float, rate: float, warming: bool) -> float:
         lo, hi = self.rate_clip

@@ -74,6 +74,8 @@ EQUIVALENCE = {
     "tight rate_clip": dict(rate_clip=(0.8, 1.25)),
     "wide rate_clip, no smoothing": dict(rate_clip=(0.25, 4.0), smoothing=0.0),
     "no warm-up, no search": dict(warmup=0, search=0),
+    "fit_steps 1 (GeN's A / B), from lr 1.0": dict(fit_steps=1, lr=1.0),
+    "fit_steps per group": dict(groups={"others": dict(fit_steps=1), "head": dict(fit_steps=3)}),
     "long warm-up, short search": dict(warmup=6, search=1, lr=1.0),
     "per-group settings": dict(groups={"others": dict(probe_every=2, r2_min=0.5), "head": dict(probe_every=0),
                                        "norm": dict(probe_scales=(-1.0, 1.0, 2.0), warmup=0, joint=True)}),
@@ -418,7 +420,8 @@ def test_warmup_probes_every_step_and_shrinks_rates_without_a_clean_fit():
     "kwargs",
     [dict(lr=-1.0), dict(lr=float("nan")), dict(differentiable=True), dict(probe_every=-1), dict(probe_every=1.5), dict(probe_scales=(1.0, 2.0)),
      dict(probe_scales=(0.0, 1.0, 2.0)), dict(r2_min=1.5), dict(smoothing=1.0), dict(rate_clip=(2.0, 3.0)),
-     dict(betas=(1.0, 0.9)), dict(probe_direction="next"), dict(search=-1), dict(search=2.0)],
+     dict(betas=(1.0, 0.9)), dict(probe_direction="next"), dict(search=-1), dict(search=2.0), dict(fit_steps=0),
+     dict(fit_steps=2.0), dict(fit_steps=True)],
 )
 def test_bad_arguments(kwargs):
     with pytest.raises(ValueError):

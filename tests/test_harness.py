@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import budget as budget_module
-from benchmarks.harness import curve, frontier_gap, kendall_tau, masks, random_mask
+from benchmarks.harness import FULL_FRACTION, curve, frontier_gap, kendall_tau, masks, random_mask
 from benchmarks.optimizers import WARMUP_FRACTION, Optimizer, Schedule
 from gen_optim.mask import propose
 
@@ -122,9 +122,18 @@ def test_table3_quick_end_to_end(tmp_path):
 
 def test_table4_quick_end_to_end(tmp_path):
     out = tmp_path / "runs.jsonl"
-    done = quick_run("table4_e2e", out)
+    first = quick_run("table4_e2e", out)
+    # every greedy set of the tiny model trains more than FULL_FRACTION of it: without --all_sets none trains
+    sets = {k: v for k, v in table_rows(first.stdout).items() if k.startswith("Selected set")}
+    assert sets and all(v[0].startswith("not run") and float(v[-2]) > 100 * FULL_FRACTION for v in sets.values())
+    before = out.read_text().splitlines()
+    done = quick_run("table4_e2e", out, "--all_sets")
     lines = done.stdout.splitlines()
     table = [line for line in lines if line.startswith("| ")]
+    rows = table_rows(done.stdout)
+    assert all(rows[k][0].startswith("GeNAdamW from") for k in sets)
+    added = [json.loads(line)["key"] for line in out.read_text().splitlines()[len(before):]]
+    assert len(added) == len(sets) and all(k["kind"] == "train" and k["groups"] for k in added)  # only the sets trained
     for row in ("No fine-tuning", "Selected set 1", "LoRA", "LoRA-FA", "LayerNorm", "Full fine-tuning"):
         assert any(line.startswith(f"| {row} |") for line in table), row
     assert any(line.startswith("| BitFit | not applicable: the model has no bias") for line in table)
@@ -138,7 +147,7 @@ def test_table4_quick_end_to_end(tmp_path):
     scored = [r for r in trained if r["scores"]]
     assert scored and all(0.0 <= r["scores"]["BLEU"] <= 100.0 and 0.0 <= r["scores"]["ROUGE-L"] <= 1.0 for r in scored)
     assert len({json.dumps(r["key"], sort_keys=True) for r in rows}) == len(rows)  # each run once
-    again = quick_run("table4_e2e", out, "--report", timeout=300)
+    again = quick_run("table4_e2e", out, "--report", timeout=300)  # without --all_sets: the sets from the ledger
     assert len(out.read_text().splitlines()) == len(rows)  # nothing retrained
     assert [line for line in again.stdout.splitlines() if line.startswith("| ")] == table
 

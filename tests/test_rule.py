@@ -82,9 +82,13 @@ def test_a_fit_calls_for_its_minimum_spread_over_the_moments_steps():
     fit = Fit(1.0, 10.0, 1.0)
     assert RULE.fitted(fit) == pytest.approx(0.1 / moment_steps(0.9)) == pytest.approx(1e-2)
     group = dict(probe_every=None, warmup=10, search=6, r2_min=0.99, smoothing=0.9, rate_clip=(0.5, 2.0),
-                 probe_budget=0.1, probe_scales=(-2.0, -1.0, 1.0, 2.0))
+                 probe_budget=0.1, probe_scales=(-2.0, -1.0, 1.0, 2.0), fit_steps=None)
     assert RateRule.of(group | {"betas": (0.0, 0.999)}).fitted(fit) == pytest.approx(0.1)
     assert RateRule.of(group | {"betas": (0.95, 0.999)}).fitted(fit) == pytest.approx(0.1 / 20)
+    # fit_steps overrides the divisor, and only it: the moments' transient still lasts moment_steps
+    chosen = RateRule.of(group | {"betas": (0.9, 0.999), "fit_steps": 1})
+    assert chosen.fitted(fit) == pytest.approx(0.1) and chosen.held(9) and not chosen.held(10)
+    assert RateRule.of(group | {"betas": (0.9, 0.999), "fit_steps": 4}).fitted(fit) == pytest.approx(0.1 / 4)
 
 
 def test_reasons_name_the_numbers_and_the_tally():
@@ -160,9 +164,9 @@ def test_due():
 
 def test_of_a_group_and_the_floors():
     group = dict(probe_every=8, warmup=10, search=6, r2_min=0.9, smoothing=0.5, rate_clip=[0.25, 4.0], lr=1.0,
-                 probe_budget=0.2, probe_scales=(-1.0, 1.0, 2.0), betas=(0.95, 0.999))
+                 probe_budget=0.2, probe_scales=(-1.0, 1.0, 2.0), betas=(0.95, 0.999), fit_steps=3)
     rule = RateRule.of(group)
-    assert rule == RateRule(8, 10, 6, 0.9, 0.5, (0.25, 4.0), 0.2, 3, 20)
+    assert rule == RateRule(8, 10, 6, 0.9, 0.5, (0.25, 4.0), 0.2, 3, 20, 3)
     assert rule.shrink == rule.joint_floor == 0.25 and not math.isnan(rule.rate_clip[1])
 
 
