@@ -37,7 +37,7 @@ trains Part II's GeNAdamW rows with that ``fit_steps`` (Part I keeps the default
 format, the generation table, the Part I / Part II wall-time split and the plot.
 ``--quick``: a tiny randomly initialised Llama and a few steps (mechanics only, for CI).
 
-    python -m benchmarks.table4_e2e [--steps 200] [--seeds 1] [--all_sets] [--quick]
+    python -m benchmarks.table4_e2e [--steps 200] [--seeds 1] [--all_sets] [--fit_steps N] [--quick]
 """
 from __future__ import annotations
 
