@@ -23,6 +23,7 @@ The optimizers (AdamW, GeNAdamW and the learning-rate-free peers) and schedules 
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
@@ -293,6 +294,12 @@ class Ledger:
 
     def find(self, key: dict) -> dict | None:
         return next((r for r in self.rows if r["key"] == key), None)
+
+    def report_view(self) -> Ledger:
+        """The same rows, report-only: runs found in it are reused, runs missing are not trained."""
+        view = copy.copy(self)
+        view.report_only = True
+        return view
 
     def add(self, key: dict, value: dict) -> dict:
         row = {"key": key, **value}

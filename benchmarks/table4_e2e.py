@@ -13,9 +13,9 @@ E2E from ``../shared/data/e2e`` (``--data``): training on ``devset.csv``, evalua
 ``testset_w_refs.csv``, the paper's ``"{mr} || {ref}"`` with the loss on the reference; batch 8.
 
 - Part I (Algorithm 2): the small model, everything trainable, GeNAdamW from ``FULL_LR`` for 10%
-  of the horizon; its APPI gives the greedy sets A_1..A_K and the set for ``--eps``. The same on
-  the large model (Algorithm 1): its ranking beside, and its set for ``--eps`` trained too when
-  it differs.
+  of the horizon; its APPI gives the greedy sets A_1..A_K and the set for ``--eps``. With
+  ``--algorithm1``, the same on the large model (the paper's Algorithm 1): its ranking beside,
+  and its set for ``--eps`` trained too when it differs.
 - Part II: the large model trains each A_k and the heuristic masks (BitFit = bias, LoRA =
   lora_A + lora_B, LoRA-FA = lora_B, LayerNorm = norm, full fine-tuning: the paper's Table 4
   definitions; a mask whose groups the model does not have, BitFit on Llama, is reported as not
@@ -29,15 +29,16 @@ E2E from ``../shared/data/e2e`` (``--data``): training on ``devset.csv``, evalua
 
 The greedy sets that train more than ``FULL_FRACTION`` of the model (here ``others``, then
 ``lora_A``, then ``embed`` join: 79% to 100% of SmolLM2) are each about as costly as full
-fine-tuning and train only with ``--all_sets``; without them the full mode took about 110 minutes
-alone on 2 CPU cores (2026-12-01; 20 of them for the large model's own selection and its set), and
-shows them from the ledger when an earlier run trained them, else as not run. ``--fit_steps N``
+fine-tuning and train only with ``--all_sets`` (about 50 minutes more); Algorithm 1 runs only with
+``--algorithm1`` (about 20 minutes more). Without them the full mode takes about 85 minutes alone
+on 2 CPU cores (the sum of its runs' times in the ledger of 2026-12-01), and shows them from the
+ledger when an earlier run did them, else says they did not run. ``--fit_steps N``
 trains Part II's GeNAdamW rows with that ``fit_steps`` (Part I keeps the default). Results go to
 ``--out`` (one JSON line per run; a rerun skips those done), then the table in the paper's
 format, the generation table, the Part I / Part II wall-time split and the plot.
 ``--quick``: a tiny randomly initialised Llama and a few steps (mechanics only, for CI).
 
-    python -m benchmarks.table4_e2e [--steps 200] [--seeds 1] [--all_sets] [--fit_steps N] [--quick]
+    python -m benchmarks.table4_e2e [--steps 100] [--seeds 1] [--all_sets] [--algorithm1] [--fit_steps N] [--quick]
 """
 from __future__ import annotations
 
@@ -59,8 +60,8 @@ from gen_optim import CATEGORIES
 
 from .generation import METRICS, decode, references, score, unavailable
 from .harness import (FULL_FRACTION, FULL_LR, LORA_GROUPS, Ledger, Optimizer, Run, best_rate, equipped, fraction_of,
-                      kendall_tau, masks, mean_std, plot_frontier, run_once, select_once, select_step, size_of,
-                      start_lr, yes_no)
+                      kendall_tau, masks, mean_std, plot_frontier, run_once, select_key, select_once, select_step,
+                      size_of, start_lr, yes_no)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "e2e"
 ADAMW_GRID = (3e-4, 1e-3, 3e-3)  # LoRA's rates for AdamW
@@ -161,8 +162,10 @@ def main() -> None:
     parser.add_argument("--report", action="store_true", help="print the tables from --out without training")
     parser.add_argument("--all_sets", action="store_true",
                         help=f"also train the greedy sets past {100 * FULL_FRACTION:g}%% of the model (each about as "
-                             "costly as full fine-tuning; without them the full mode takes about 110 minutes on 2 "
-                             "CPU cores)")
+                             "costly as full fine-tuning: about 50 minutes more on 2 CPU cores)")
+    parser.add_argument("--algorithm1", action="store_true",
+                        help="also run Part I on the large model (the paper's Algorithm 1) and train its set for --eps "
+                             "when it differs (about 20 minutes more on 2 CPU cores)")
     parser.add_argument("--fit_steps", type=int, default=None,
                         help="GeNAdamW's fit_steps for Part II's runs (default: its own default); Part I keeps the "
                              "default, so the masks are the default run's")
@@ -190,16 +193,19 @@ def main() -> None:
     cut_model = baseline(ledger, task, small, generate=False)
     base = baseline(ledger, task, large)
     chosen = select_once(ledger, task, small, 0, select_at, select_at, FULL_LR)
-    same = select_once(ledger, task, large, 0, select_at, select_at, FULL_LR)
+    # Algorithm 1 (Part I on the large model) runs with --algorithm1; without it, from the ledger if done
+    same = (select_once(ledger, task, large, 0, select_at, select_at, FULL_LR)
+            if args.algorithm1 or ledger.find(select_key(large, 0, select_at, select_at, FULL_LR)) else None)
     sizes = base["sizes"]  # the large model's groups (the same names as the small one's)
     chain, selected = masks({k: v for k, v in chosen["appi"].items() if k in sizes}, sizes, eps)
-    _, selected_same = masks({k: v for k, v in same["appi"].items() if k in sizes}, sizes, eps)
+    selected_same = masks({k: v for k, v in same["appi"].items() if k in sizes}, sizes, eps)[1] if same else ()
 
     rows: dict[str, tuple[tuple[str, ...] | None, str]] = {}
     for k, groups in enumerate(chain, 1):
         rows[f"Selected set {k}" + (" (eps)" if tuple(groups) == tuple(selected) else "")] = (groups, "selected")
+    large_own = "Selected on the large model (eps)"
     if tuple(selected_same) != tuple(selected) and selected_same:
-        rows["Selected on the large model (eps)"] = (selected_same, "baseline")
+        rows[large_own] = (selected_same, "baseline")
     missing = {}
     for name, groups in HEURISTICS.items():
         absent = [] if groups is None else [g for g in groups if g not in sizes]
@@ -207,6 +213,8 @@ def main() -> None:
             missing[name] = f"the model has no {', '.join(absent)} parameters"
         else:
             rows[name] = (groups, "heuristic")
+
+    view = ledger.report_view()  # the runs this invocation is not asked to train: found in the ledger, or not run
 
     def gen_runs(name: str, groups, book: Ledger = ledger) -> list[dict]:
         lr = start_lr(groups, sizes)
@@ -220,14 +228,16 @@ def main() -> None:
     last = [name for name in rows if rows[name][1] == "selected" and start_lr(rows[name][0], sizes) == FULL_LR]
     first = [name for name in rows if start_lr(rows[name][0], sizes) != FULL_LR]
     first += [name for name in rows if name not in first and name not in last]
-    outcomes = {name: gen_runs(name, rows[name][0]) for name in first}
+    outcomes = {name: gen_runs(name, rows[name][0], ledger if name != large_own or args.algorithm1 else view)
+                for name in first}
     grid = {lr: run_once(ledger, task, Run("LoRA", LORA_GROUPS, Optimizer.ADAMW, lr, 0), steps, large,
                          score=task.generation) for lr in ADAMW_GRID}
     grid = {lr: r for lr, r in grid.items() if r is not None}
     # without --all_sets these only come from the ledger
-    outcomes |= {name: gen_runs(name, rows[name][0], ledger if args.all_sets else Ledger(args.out, report_only=True))
-                 for name in last}
-    skipped = {name: rows[name][0] for name in last if not outcomes[name]}
+    outcomes |= {name: gen_runs(name, rows[name][0], ledger if args.all_sets else view) for name in last}
+    why_not = {name: "as costly as full fine-tuning (--all_sets runs it)" for name in last} | {
+        large_own: "the large model's own selection (--algorithm1 runs it)"}
+    skipped = {name: (rows[name][0], why_not.get(name, "not in the ledger")) for name in rows if not outcomes.get(name)}
     tuned = {}
     if len(grid) == len(ADAMW_GRID):
         best = best_rate(task, grid)
@@ -249,8 +259,8 @@ def main() -> None:
               f"| {statistics.fmean(r['seconds'] for r in runs):.0f} |")
     for name, why in missing.items():
         print(f"| {name} | not applicable: {why} |")
-    for name, groups in skipped.items():
-        print(f"| {name} | not run: as costly as full fine-tuning (--all_sets runs it) | "
+    for name, (groups, why) in skipped.items():
+        print(f"| {name} | not run: {why} | "
               f"{yes_no(groups, CATEGORIES, sizes)} | - | - | - | {100 * fraction_of(groups, sizes):.3f} | - |")
 
     print(f"\n## Generation (greedy, {len(task.mrs)} unique test MRs, all references; seed 0)\n")
@@ -266,17 +276,23 @@ def main() -> None:
     print(f"\nNo fine-tuning: test perplexity {base['perplexity']:.2f} with {large or 'all'} blocks, "
           f"{cut_model['perplexity']:.3g} with the first {small}")
     for label, part in (("small model", chosen), ("large model", same)):
-        print(f"Greedy order (APPI, {label}, step {select_at}): "
-              + " > ".join(sorted(part["appi"], key=lambda n: -part["appi"][n])))
-    print(f"Kendall tau of the two APPI rankings: {kendall_tau(chosen['appi'], same['appi']):.3f}")
-    print(f"Selected at eps {eps}: {list(selected)} on the small model, {list(selected_same)} on the large one")
+        if part is not None:
+            print(f"Greedy order (APPI, {label}, step {select_at}): "
+                  + " > ".join(sorted(part["appi"], key=lambda n: -part["appi"][n])))
+    if same is None:
+        print(f"Selected at eps {eps}: {list(selected)} on the small model; Algorithm 1 (Part I on the large model) "
+              "not run (--algorithm1 runs it)")
+    else:
+        print(f"Kendall tau of the two APPI rankings: {kendall_tau(chosen['appi'], same['appi']):.3f}")
+        print(f"Selected at eps {eps}: {list(selected)} on the small model, {list(selected_same)} on the large one")
     verdicts = "; ".join(f"{g} " + ", ".join(f"{v} {n}" for v, n in counts.items()) for g, counts in chosen["verdicts"].items())
     print(f"Part I fit verdicts: {verdicts}")
     if "LoRA" in outcomes:
         lora = statistics.fmean(r["seconds"] for r in outcomes["LoRA"])
-        print(f"Part I: {chosen['seconds']:.0f} s on {small} blocks ({same['seconds']:.0f} s on {large or 'all'}), "
-              f"{100 * chosen['seconds'] / lora:.0f}% ({100 * same['seconds'] / lora:.0f}%) of a Part II LoRA run "
-              f"with GeNAdamW ({lora:.0f} s on {large or 'all'} blocks)")
+        also = "" if same is None else f" ({same['seconds']:.0f} s on {large or 'all'})"
+        share = "" if same is None else f" ({100 * same['seconds'] / lora:.0f}%)"
+        print(f"Part I: {chosen['seconds']:.0f} s on {small} blocks{also}, {100 * chosen['seconds'] / lora:.0f}%{share} "
+              f"of a Part II LoRA run with GeNAdamW ({lora:.0f} s on {large or 'all'} blocks)")
     if args.plot:
         plot_frontier(args.plot, rows, outcomes, tuned, "test perplexity", lambda r: r["metric"])
         print(f"\nplot: {args.plot}")

@@ -126,14 +126,24 @@ def test_table4_quick_end_to_end(tmp_path):
     # every greedy set of the tiny model trains more than FULL_FRACTION of it: without --all_sets none trains
     sets = {k: v for k, v in table_rows(first.stdout).items() if k.startswith("Selected set")}
     assert sets and all(v[0].startswith("not run") and float(v[-2]) > 100 * FULL_FRACTION for v in sets.values())
+    # without --algorithm1 the large model (2 blocks) has no Part I of its own, and the output says so
+    assert "Algorithm 1 (Part I on the large model) not run" in first.stdout
     before = out.read_text().splitlines()
-    done = quick_run("table4_e2e", out, "--all_sets")
+    assert [k["blocks"] for k in (json.loads(line)["key"] for line in before) if k["kind"] == "select"] == [1]
+    done = quick_run("table4_e2e", out, "--all_sets", "--algorithm1")
     lines = done.stdout.splitlines()
     table = [line for line in lines if line.startswith("| ")]
     rows = table_rows(done.stdout)
     assert all(rows[k][0].startswith("GeNAdamW from") for k in sets)
+    assert "Kendall tau of the two APPI rankings" in done.stdout and "not run" not in done.stdout
     added = [json.loads(line)["key"] for line in out.read_text().splitlines()[len(before):]]
-    assert len(added) == len(sets) and all(k["kind"] == "train" and k["groups"] for k in added)  # only the sets trained
+    # only the sets trained, Part I ran on the large model, and its own set trained where it differs
+    assert [k["blocks"] for k in added if k["kind"] == "select"] == [2]
+    trains = [k for k in added if k["kind"] == "train"]
+    # (the large model's own set adds a run unless an earlier row trained the same groups: one key)
+    assert len(sets) <= len(trains) <= len(sets) + 1 and all(k["groups"] for k in trains)
+    own = table_rows(done.stdout.partition("## Generation")[0]).get("Selected on the large model (eps)")
+    assert own is None or own[0].startswith("GeNAdamW from")
     for row in ("No fine-tuning", "Selected set 1", "LoRA", "LoRA-FA", "LayerNorm", "Full fine-tuning"):
         assert any(line.startswith(f"| {row} |") for line in table), row
     assert any(line.startswith("| BitFit | not applicable: the model has no bias") for line in table)
