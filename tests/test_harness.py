@@ -264,3 +264,22 @@ def test_lr_free_quick_end_to_end(tmp_path):
     again = quick_run("lr_free", out, "--report", timeout=300)
     assert len(out.read_text().splitlines()) == len(rows)  # nothing retrained
     assert [line for line in again.stdout.splitlines() if line.startswith("| ")] == table
+
+
+def test_lr_free_e2e_quick(tmp_path):
+    """The second task: LoRA + everything trainable on a causal LM, perplexity (lower is better)."""
+    out = tmp_path / "runs.jsonl"
+    done = quick_run("lr_free", out, "--task", "e2e", "--schedules", "constant", timeout=900)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {r["key"]["optimizer"] for r in rows} == {o.value for o in Optimizer} and len(rows) == 5 + 3 + 3 + 3 + 3
+    assert all({"lora_A", "lora_B", "norm", "embed", "others"} <= set(r["run"]["groups"]) for r in rows)
+    assert all(r["fraction"] == 1.0 and r["metric"] > 1.0 and math.isfinite(r["metric"]) for r in rows)
+    gen = [r for r in rows if r["key"]["optimizer"] == Optimizer.GEN.value]
+    assert all({"lora_A", "lora_B"} <= set(r["rates"]) for r in gen)
+    # the best AdamW is the one with the lowest perplexity, and the goal is judged that way
+    adamw = {r["key"]["lr"]: r["metric"] for r in rows if r["key"]["optimizer"] == Optimizer.ADAMW.value}
+    best = min(adamw, key=adamw.get)
+    table = table_rows(done.stdout)
+    assert [k for k, v in table.items() if "(best)" in k] == [f"AdamW {best:g} (best)"]
+    worst = max(r["metric"] for r in gen + [r for r in rows if r["key"]["optimizer"] == Optimizer.GEN_FRESH.value])
+    assert f"worst start {worst:.2f} (" in done.stdout and "## LoRA + everything of tiny-llama-2 on E2E" in done.stdout
