@@ -30,9 +30,9 @@ E2E from ``../shared/data/e2e`` (``--data``): training on ``devset.csv``, evalua
 The greedy sets that train more than ``FULL_FRACTION`` of the model (here ``others``, then
 ``lora_A``, then ``embed`` join: 79% to 100% of SmolLM2) are each about as costly as full
 fine-tuning and train only with ``--all_sets`` (about 50 minutes more); Algorithm 1 runs only with
-``--algorithm1`` (about 20 minutes more). Without them the full mode takes about 85 minutes alone
-on 2 CPU cores (the sum of its runs' times in the ledger of 2026-12-01), and shows them from the
-ledger when an earlier run did them, else says they did not run. ``--fit_steps N``
+``--algorithm1`` (about 20 minutes more). Without them the full mode takes about 90 minutes alone
+on 2 CPU cores (measured 2026-12-01: 110 minutes with Algorithm 1, 20 of them its own), and shows
+them from the ledger when an earlier run did them, else says they did not run. ``--fit_steps N``
 trains Part II's GeNAdamW rows with that ``fit_steps`` (Part I keeps the default). Results go to
 ``--out`` (one JSON line per run; a rerun skips those done), then the table in the paper's
 format, the generation table, the Part I / Part II wall-time split and the plot.
