@@ -135,7 +135,7 @@ def sst2_taus(steps: int, seeds: list[int], quick: bool) -> None:
 def sst2_quality(out: Path, seeds: list[int], quick: bool) -> None:
     """Dev accuracy of MiniLM full fine-tuning on SST-2: the budget against the unlimited rule."""
     from .harness import Ledger, Run, run_once
-    from .lr_free import LABEL, STARTS
+    from .lr_free import FULL_FINE_TUNING, STARTS
     from .optimizers import Optimizer
     from .table3_sst2 import SHARED, SST2, sst2_inputs
 
@@ -149,7 +149,7 @@ def sst2_quality(out: Path, seeds: list[int], quick: bool) -> None:
     for seed in seeds:
         for start in starts:
             for name, gen in rules.items():
-                found[(start, name)].append(run_once(ledger, task, Run(LABEL, None, Optimizer.GEN, start, seed), steps,
+                found[(start, name)].append(run_once(ledger, task, Run(FULL_FINE_TUNING, None, Optimizer.GEN, start, seed), steps,
                                                      gen=gen))
     print(f"\nSST-2, {'tiny random BERT (mechanics only)' if quick else 'all-MiniLM-L6-v2'}, full fine-tuning, "
           f"{steps} steps, batch 16, seeds {seeds}: GeNAdamW at its defaults (budget) against the unlimited rule")

@@ -57,6 +57,7 @@ ADAMW_GRID = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3)
 STARTS = (1e-5, 1e-4, 1e-3)  # GeNAdamW's default lr is 1e-3
 GOAL = 0.01  # GeNAdamW's metric within this (relative) of the best AdamW's, from every start
 SST2_TASK, E2E_TASK = "sst2", "e2e"
+FULL_FINE_TUNING = "Full fine-tuning"  # the sst2 task's runs' label (budget.py trains the same runs)
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ def setting(task_name: str, data: Path | None, quick: bool, blocks: int, test_ro
     """The task ``task_name`` (``SST2_TASK`` or ``E2E_TASK``) from ``data`` (default: its shared copy)."""
     if task_name == SST2_TASK:
         quick, files = sst2_inputs(data or SST2_DATA, quick)
-        return Setting(SST2(*files, quick), "tiny-bert" if quick else "minilm-l6", "Full fine-tuning", None, None, True)
+        return Setting(SST2(*files, quick), "tiny-bert" if quick else "minilm-l6", FULL_FINE_TUNING, None, None, True)
     quick, files = e2e_inputs(data or E2E_DATA, quick)
     blocks = 2 if quick else blocks
     task = E2E(*files, quick, 64 if quick else test_rows, gen_mrs=0)
