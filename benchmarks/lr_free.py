@@ -40,8 +40,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -70,6 +72,15 @@ class Setting:
     groups: tuple[str, ...] | None  # None: full fine-tuning (every group but LoRA's)
     blocks: int | None  # the model cut to its first blocks (None: whole)
     percent: bool  # the metric is a fraction, shown in percent
+
+    @property
+    def best_of(self) -> Callable[..., Any]:
+        """``max`` or ``min``: the best of several metrics."""
+        return max if self.task.higher_is_better else min
+
+    @property
+    def worst_of(self) -> Callable[..., Any]:
+        return min if self.task.higher_is_better else max
 
     def better(self, a: float, b: float) -> bool:
         """Whether metric ``a`` is better than ``b``."""
@@ -123,8 +134,7 @@ def report(rows: dict[tuple[str, float | None], list[dict]], schedule: Schedule,
     seconds = statistics.fmean(r["seconds"] for r in adamw)
     peak = statistics.fmean(r["peak_mib"] for r in adamw)
     means = {k: statistics.fmean(r["metric"] for r in rs) for k, rs in rows.items()}
-    pick = max if where.task.higher_is_better else min
-    best_key = pick((k for k in rows if k[0] == Optimizer.ADAMW.value), key=means.get)
+    best_key = where.best_of((k for k in rows if k[0] == Optimizer.ADAMW.value), key=means.get)
     best = means[best_key]
     unit = " (%)" if where.percent else ""
     print(f"\n### {schedule.value} schedule\n")
@@ -146,14 +156,14 @@ def report(rows: dict[tuple[str, float | None], list[dict]], schedule: Schedule,
     ours = (Optimizer.ADAMW.value, Optimizer.GEN.value, Optimizer.GEN_FRESH.value)
     peers = {k: v for k, v in means.items() if k[0] not in ours}
     if gen:
-        worst = (min if where.task.higher_is_better else max)(gen.values())
+        worst = where.worst_of(gen.values())
         within = all(where.within(v, best) for v in gen.values())
         ahead = all(where.better(worst, v) for v in peers.values())
         unit = "%" if where.percent else ""
         print(f"\nGoal (GeNAdamW from every start within {100 * GOAL:.0f}% of the best AdamW, "
               f"{where.shown(best):.2f}{unit}, and ahead of every peer): worst start {where.shown(worst):.2f}{unit} "
               f"({100 * (worst / best - 1):+.1f}%): {'met' if within and ahead else 'NOT met'}"
-              + ("" if ahead or not peers else f" (best peer {where.shown(pick(peers.values())):.2f}{unit})"))
+              + ("" if ahead or not peers else f" (best peer {where.shown(where.best_of(peers.values())):.2f}{unit})"))
 
 
 def trajectories(rows: dict[tuple[str, float | None], list[dict]], steps: int) -> None:
@@ -188,11 +198,10 @@ def plot(path: Path, ledger: Ledger, where: Setting, steps: int, schedules: list
 
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(schedules), figsize=(6 * len(schedules), 4.5), squeeze=False)
-    pick = max if where.task.higher_is_better else min
     for axis, schedule in zip(axes[0], schedules):
         rows = grouped(ledger, where.name, steps, schedule)
         adamw = {k: v for k, v in rows.items() if k[0] == Optimizer.ADAMW.value}
-        best = pick(adamw, key=lambda k: statistics.fmean(r["metric"] for r in adamw[k]), default=None)
+        best = where.best_of(adamw, key=lambda k: statistics.fmean(r["metric"] for r in adamw[k]), default=None)
         for (name, lr), rs in rows.items():
             if name == Optimizer.ADAMW.value and (name, lr) != best:
                 continue
