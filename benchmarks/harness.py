@@ -355,10 +355,14 @@ def select_once(ledger: Ledger, task: Task, blocks: int | None, seed: int, steps
     return found
 
 
+def best_of(task: Task) -> Callable[..., Any]:
+    """``max`` or ``min``: how to pick the best of the task's metrics (highest or lowest, as it says)."""
+    return max if task.higher_is_better else min
+
+
 def best_rate(task: Task, outcomes: dict[float, dict]) -> float:
-    """The rate whose outcome scores best on the task's metric (highest or lowest, as it says)."""
-    pick = max if task.higher_is_better else min
-    return pick(outcomes, key=lambda lr: outcomes[lr]["metric"])
+    """The rate whose outcome scores best on the task's metric."""
+    return best_of(task)(outcomes, key=lambda lr: outcomes[lr]["metric"])
 
 
 def yes_no(groups: Sequence[str] | None, categories: Sequence[str], present: Collection[str] | None = None) -> str:

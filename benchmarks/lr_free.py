@@ -50,7 +50,7 @@ import torch
 from gen_optim import group_parameters
 from gen_optim.rule import Action, Verdict
 
-from .harness import Ledger, Run, Task, equipped, train
+from .harness import Ledger, Run, Task, best_of, equipped, train
 from .optimizers import Optimizer, Schedule
 from .table3_sst2 import SHARED as SST2_DATA, SST2, sst2_inputs
 from .table4_e2e import SHARED as E2E_DATA, E2E, e2e_inputs
@@ -76,11 +76,11 @@ class Setting:
     @property
     def best_of(self) -> Callable[..., Any]:
         """``max`` or ``min``: the best of several metrics."""
-        return max if self.task.higher_is_better else min
+        return best_of(self.task)
 
     @property
     def worst_of(self) -> Callable[..., Any]:
-        return min if self.task.higher_is_better else max
+        return min if self.best_of is max else max
 
     def better(self, a: float, b: float) -> bool:
         """Whether metric ``a`` is better than ``b``."""

@@ -214,9 +214,7 @@ def main() -> None:
         else:
             rows[name] = (groups, "heuristic")
 
-    view = ledger.report_view()  # the runs this invocation is not asked to train: found in the ledger, or not run
-
-    def gen_runs(name: str, groups, book: Ledger = ledger) -> list[dict]:
+    def gen_runs(name: str, groups, book: Ledger) -> list[dict]:
         lr = start_lr(groups, sizes)
         main_row = rows[name][1] != "selected" or tuple(groups) == tuple(selected)
         runs = [run_once(book, task, Run(name, groups, Optimizer.GEN, lr, seed), steps, large, gen=gen,
@@ -228,16 +226,18 @@ def main() -> None:
     last = [name for name in rows if rows[name][1] == "selected" and start_lr(rows[name][0], sizes) == FULL_LR]
     first = [name for name in rows if start_lr(rows[name][0], sizes) != FULL_LR]
     first += [name for name in rows if name not in first and name not in last]
-    outcomes = {name: gen_runs(name, rows[name][0], ledger if name != large_own or args.algorithm1 else view)
-                for name in first}
+    # rows that train only with a flag: without it they come from the ledger when an earlier run did them
+    gated = {name: (args.all_sets, "as costly as full fine-tuning (--all_sets runs it)") for name in last}
+    gated[large_own] = (args.algorithm1, "the large model's own selection (--algorithm1 runs it)")
+    view = ledger.report_view()
+    book = {name: ledger if gated.get(name, (True, ""))[0] else view for name in rows}
+    outcomes = {name: gen_runs(name, rows[name][0], book[name]) for name in first}
     grid = {lr: run_once(ledger, task, Run("LoRA", LORA_GROUPS, Optimizer.ADAMW, lr, 0), steps, large,
                          score=task.generation) for lr in ADAMW_GRID}
     grid = {lr: r for lr, r in grid.items() if r is not None}
-    # without --all_sets these only come from the ledger
-    outcomes |= {name: gen_runs(name, rows[name][0], ledger if args.all_sets else view) for name in last}
-    why_not = {name: "as costly as full fine-tuning (--all_sets runs it)" for name in last} | {
-        large_own: "the large model's own selection (--algorithm1 runs it)"}
-    skipped = {name: (rows[name][0], why_not.get(name, "not in the ledger")) for name in rows if not outcomes.get(name)}
+    outcomes |= {name: gen_runs(name, rows[name][0], book[name]) for name in last}
+    skipped = {name: (rows[name][0], gated.get(name, (True, "not in the ledger"))[1])
+               for name in rows if not outcomes.get(name)}
     tuned = {}
     if len(grid) == len(ADAMW_GRID):
         best = best_rate(task, grid)
