@@ -61,7 +61,7 @@ def main():
     steps = 12 if args.quick else args.steps
     task = SST2(Path(args.train_file), Path(args.dev_file), args.quick)
     started = time.time()
-    order = [Verdict.ACCEPTED, Verdict.CLIMB, Verdict.CONCAVE, Verdict.POOR, Verdict.FLAT, Verdict.NONFINITE]
+    order = [Verdict.ACCEPTED, Verdict.UNRESOLVED, Verdict.CLIMB, Verdict.CONCAVE, Verdict.POOR, Verdict.FLAT, Verdict.NONFINITE]
     print(f"{'tiny random BERT (--quick)' if args.quick else 'all-MiniLM-L6-v2'}, full fine-tuning on SST-2, "
           f"{steps} steps, batch 16; torch {torch.__version__}")
     for lr in args.lrs:

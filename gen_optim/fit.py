@@ -17,6 +17,14 @@ and its minimum lies behind, among the probes (``-back <= A / B < 0``): the last
 past the minimum. A climb whose minimum lies beyond the probes (or that is concave) is a slope
 of this batch rising along the update at every probed step: a statement about the direction on
 this batch, not about how far the steps go.
+
+The curvature is the small term: at the probes' steps ``eta^2 B / 2`` can be smaller than the
+rounding of the loss itself. ``curvature_se`` is the standard error of ``B``, from the fit's
+residual and at least from the loss's rounding (``resolution``): a ``B`` within a few of it is
+noise. On all-MiniLM-L6-v2 the float32 probes at ``eta = 1e-5`` gave the classifier head
+``B`` = 280 where float64 gives 34.1 at every step from 1e-6 to 1e-3 (``B`` = 35.06 is one
+float32 rounding unit of the loss in one probe), so ``A / B`` was off by 8x and its sign by
+chance (benchmarks/RESULTS.md, "Curvature below the loss's resolution").
 """
 from __future__ import annotations
 
@@ -39,6 +47,7 @@ class Fit:
     uphill: bool = False  # the probe at the largest positive step raised the loss: the rate overshoots
     reach: float = float("inf")  # the largest positive step probed: the parabola is data up to here
     back: float = float("inf")  # the largest backward step probed (0: none)
+    curvature_se: float = 0.0  # standard error of B: from the residual, at least from the loss's rounding
 
     @property
     def rate(self) -> float:
@@ -52,8 +61,9 @@ class Fit:
 
 
 def fit_quadratic(etas: np.ndarray, delta_losses: np.ndarray, resolution: float = 0.0) -> Fit:
-    """Least-squares ``A, B`` of ``delta_losses ~ -etas A + etas^2 / 2 B`` and its ``R^2``;
-    flat when every ``|delta_loss| <= resolution``."""
+    """Least-squares ``A, B`` of ``delta_losses ~ -etas A + etas^2 / 2 B``, its ``R^2`` and the
+    standard error of ``B`` (the residual's, with each loss's rounding ``resolution`` as the
+    least noise); flat when every ``|delta_loss| <= resolution``."""
     etas = np.asarray(etas, dtype=np.float64)
     y = np.asarray(delta_losses, dtype=np.float64)
     if not np.isfinite(y).all():
@@ -65,7 +75,10 @@ def fit_quadratic(etas: np.ndarray, delta_losses: np.ndarray, resolution: float 
     total = float(np.sum((y - y.mean()) ** 2))
     residual = float(np.sum((y - design @ np.array([A, B])) ** 2))
     r2 = 1.0 - residual / total if total > 0 else 0.0
-    return Fit(float(A), float(B), r2)
+    dof = len(y) - 2
+    noise = max(np.sqrt(residual / dof) if dof > 0 else 0.0, resolution)
+    covariance = np.linalg.pinv(design.T @ design)
+    return Fit(float(A), float(B), r2, curvature_se=float(noise * np.sqrt(max(covariance[1, 1], 0.0))))
 
 
 def ppi(fit: Fit, numel: int) -> float:

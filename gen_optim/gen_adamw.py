@@ -15,7 +15,8 @@ of the first ``ceil(1 / (1 - beta1)) + warmup`` steps when ``probe_every`` is gi
    ``eta_j = s_j * lr_k`` (``s_j`` in ``probe_scales``), only group k moved (see ``probe``);
    ``d_k`` is the previous update's AdamW direction, which the current batch never entered
    (``probe_direction="previous"``), or this step's (``"current"``, the paper's);
-2. ``L(eta) - L0 = -eta A + eta^2/2 B`` is fitted (see ``fit``); when ``A > 0``, ``B > 0`` and
+2. ``L(eta) - L0 = -eta A + eta^2/2 B`` is fitted (see ``fit``); when ``A > 0``, ``B > 0``
+   (resolved: at least ``rule.CURVATURE_Z`` standard errors, the loss's rounding included) and
    ``R^2 >= r2_min`` the group's rate moves towards its *fitted rate* ``A / B / M``: the
    parabola's minimum spread over the ``M = ceil(1 / (1 - beta1))`` steps that AdamW's first
    moment carries a direction into (clipped to ``rate_clip`` times the current rate, then
@@ -27,9 +28,11 @@ of the first ``ceil(1 / (1 - beta1)) + warmup`` steps when ``probe_every`` is gi
    climb (``A <= 0``) that *overshoots* (its parabola's minimum lies behind, within the probes)
    moves it towards ``rate_clip[0]`` times itself in the moments' transient or when the tally
    is clearly negative, and so does, during warm-up, a descending fit whose largest probe step
-   raised the loss (*uphill*); a climb with no minimum behind it within the probes, other
-   rejected fits, and flat ones (no probe moved the loss beyond float32 rounding), leave it
-   alone (see ``rule``);
+   raised the loss (*uphill*); a climb with no (resolved) minimum behind it within the probes,
+   other rejected fits, and flat ones (no probe moved the loss beyond float32 rounding), leave
+   it alone. A clean descent whose curvature is *unresolved* (below the loss's rounding at the
+   probes' steps: a straight line) may raise the rate towards the least fitted rate it allows,
+   ``A / (max(B, 0) + CURVATURE_Z se_B) / M``, as an accepted fit would (see ``rule``);
 3. with ``joint=True``, after the update the loss is evaluated once more at the new weights;
    with the slope ``G'delta = -sum_k lr_k A_k`` this fits the loss along the combined step
    ``delta``, and when the combined step passed its optimum ``c* < 1`` every fitted rate is
@@ -583,7 +586,7 @@ class GeNAdamW(torch.optim.Optimizer):
             decision = rule.decide(fit, group["gen_lr"], standing)
             if decision.verdict is Verdict.NONFINITE:
                 self._warn_once("nonfinite", "the probe closure returned NaN or inf; the affected fits are rejected")
-            entry = {"A": fit.A, "B": fit.B, "r2": fit.r2, "ppi": 0.0, "accepted": decision.accepted,
+            entry = {"A": fit.A, "B": fit.B, "B_se": fit.curvature_se, "r2": fit.r2, "ppi": 0.0, "accepted": decision.accepted,
                      "verdict": decision.verdict.value, "action": decision.action.value, "reason": decision.reason,
                      "descent": group["gen_descent"]}
             if decision.accepted:

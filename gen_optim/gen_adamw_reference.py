@@ -69,12 +69,17 @@ class GeNAdamWReference(torch.optim.Optimizer):
         for p, w in zip(params, w0):
             p.copy_(w)
         y = np.array(losses)
-        if np.abs(y).max() <= 4 * np.finfo(np.float32).eps * abs(loss0):
+        rounding = 4 * np.finfo(np.float32).eps * abs(loss0)  # of a float32 mean loss
+        if np.abs(y).max() <= rounding:
             return None
         X = np.stack([-etas, etas**2 / 2], axis=1)
         A, B = np.linalg.solve(X.T @ X, X.T @ y)
         uphill = not np.isfinite(y).all() or (etas.max() > 0 and y[np.argmax(etas)] > 0)
-        return A, B, 1 - np.sum((y - X @ [A, B]) ** 2) / np.sum((y - y.mean()) ** 2), uphill
+        rss = np.sum((y - X @ [A, B]) ** 2)
+        # B's standard error: the residual's noise, and at least each loss's rounding
+        noise = max(np.sqrt(rss / (len(y) - 2)) if len(y) > 2 else 0.0, rounding)
+        B_se = noise * np.sqrt(np.linalg.inv(X.T @ X)[1, 1])
+        return A, B, 1 - rss / np.sum((y - y.mean()) ** 2), uphill, B_se
 
     def search(self, pending):
         """The first round's backtracking: lower each rate one fit can't correct, probe it again."""
@@ -92,10 +97,10 @@ class GeNAdamWReference(torch.optim.Optimizer):
                 fit = self.fit(group, params, loss0)
                 if fit is None:
                     continue
-                A, B, r2, _ = fit
+                A, B, r2, _, B_se = fit
                 if not r2 >= group["r2_min"]:
                     group["gen_lr"] /= 4
-                elif A > 0 and B > 0 and A / B / group["spread"] < group["rate_clip"][0] * group["gen_lr"]:
+                elif A > 0 and B >= 2 * B_se and B > 0 and A / B / group["spread"] < group["rate_clip"][0] * group["gen_lr"]:
                     group["gen_lr"] = max(A / B / group["spread"], group["gen_lr"] / 4)
                 else:
                     continue
@@ -128,13 +133,20 @@ class GeNAdamWReference(torch.optim.Optimizer):
                 old = group["gen_lr"]
                 fit = self.fit(group, params, loss0)
                 fits[group["name"]] = 0.0 if fit is None else fit[0]
-                A, B, r2, uphill = (0.0, 0.0, 0.0, False) if fit is None else fit
+                A, B, r2, uphill, B_se = (0.0, 0.0, 0.0, False, 0.0) if fit is None else fit
                 clean = fit is not None and np.isfinite([A, B, r2]).all() and r2 >= group["r2_min"]
                 if clean and not held:
                     group["descent"] = 0.9 * group["descent"] + (1.0 if A > 0 else -1.0)
-                accepted = A > 0 and B > 0 and r2 >= group["r2_min"]
+                resolved = abs(B) >= 2 * B_se  # the probes moved the loss beyond its rounding in B's term
+                accepted = A > 0 and B > 0 and r2 >= group["r2_min"] and resolved
                 shrunk = False
-                if accepted:
+                if clean and A > 0 and not resolved:
+                    # a straight descent: its minimum lies at least A / B+ away, B+ the largest
+                    # curvature the probes can't rule out; that may raise the rate, never lower it
+                    bound = A / (max(B, 0.0) + 2 * B_se) / group["spread"]
+                    if bound > old and not (held or group["descent"] < (1 / (1 - 0.9**2)) ** 0.5):
+                        group["gen_lr"] = smoothing * old + (1 - smoothing) * min(bound, hi * old)
+                elif accepted:
                     step = min(A / B, max(group["probe_scales"]) * old)  # the parabola's minimum, or the farthest probe
                     self.appi[group["name"]] += 2 * (A * step - B * step**2 / 2) / sum(p.numel() for p in group["params"])
                     # the parabola's minimum, spread over the steps the first moment carries d into
@@ -146,7 +158,8 @@ class GeNAdamWReference(torch.optim.Optimizer):
                         group["gen_lr"] = min(group["gen_lr"], old)
                 elif fit is not None and (
                         # a clean climb whose minimum lies behind, within the probes, when it clearly climbs
-                        (A < 0 < B and A / B >= min(min(group["probe_scales"]), 0.0) * old and r2 >= group["r2_min"]
+                        (A < 0 < B and resolved and A / B >= min(min(group["probe_scales"]), 0.0) * old
+                         and r2 >= group["r2_min"]
                          and (held or group["descent"] <= -(1 / (1 - 0.9**2)) ** 0.5))
                         or (warming and uphill and not A <= 0)):  # overshooting (NaN probes too) in warm-up
                     group["gen_lr"] = smoothing * group["gen_lr"] + (1 - smoothing) * lo * group["gen_lr"]

@@ -16,7 +16,17 @@ settings (``RateRule``), a ``Fit`` and the group's fitted rate; nothing here tou
   while the rate is steady (a round moves it by less than ``STEADY``) and falls back to one
   step when it moves.
 - ``judge``: a fit may set the rate only when it is finite, not flat, a descent direction
-  (``A > 0``), convex (``B > 0``) and clean (``R^2 >= r2_min``): the ``Verdict``.
+  (``A > 0``), its curvature *resolved* (``|B| >= CURVATURE_Z`` standard errors, ``Fit.curvature_se``:
+  the probes moved the loss by more than its rounding in the quadratic term), convex (``B > 0``)
+  and clean (``R^2 >= r2_min``): the ``Verdict``. A clean descent whose curvature is not
+  resolved is ``UNRESOLVED``: the loss falls along ``d`` as a straight line at every probe, so
+  its minimum lies at least ``A / B+`` away, ``B+ = max(B, 0) + CURVATURE_Z se`` the largest
+  curvature the probes cannot rule out; that bound (``bound``) may raise the rate as an
+  accepted fit's fitted rate does, and never lowers it. At small rates the curvature of the
+  small groups is below float32 rounding: on MiniLM at 1e-5, ``B`` of the head came out as
+  noise of either sign (280 against the 34.1 float64 gives), so its fits were "not convex" or
+  "accepted" by chance, and the rate stayed where it started. A clean climb whose curvature is
+  not resolved is no overshoot either: its minimum behind is noise.
 - ``held``: while a group's AdamW moments have seen fewer than ``moment_steps(beta1)`` =
   ``ceil(1 / (1 - beta1))`` gradients (10 at the default betas), no fit may *raise* its rate.
   In that transient the step is dominated by the newest gradients (the current one weighs
@@ -58,7 +68,7 @@ settings (``RateRule``), a ``Fit`` and the group's fitted rate; nothing here tou
   A noisy or concave fit whose probes all lowered the loss says nothing against the rate
   either (embed 5e-5 -> 1.6e-6 in 10 warm-up steps on GPT-2).
 - ``search``: in a group's first round, a poor fit divides the rate by ``SEARCH_STEP`` and a
-  clean convex fit whose fitted rate lies below ``rate_clip[0]`` times the rate moves it there (by
+  clean convex fit (its curvature resolved) whose fitted rate lies below ``rate_clip[0]`` times the rate moves it there (by
   ``SEARCH_STEP`` at most); the group is then probed again, ``search`` times at most.
 - ``joint_floor``: the least factor the joint correction scales a rate by.
 
@@ -68,7 +78,7 @@ floor; the benchmarks measured them together (benchmarks/RESULTS.md), so they st
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
 
@@ -81,12 +91,14 @@ STEP_FORWARDS = 3.0  # a training step's cost in no-grad forwards of its batch (
 STEADY = 1.05  # a round that moves a rate by less than this factor (either way) leaves it steady
 MAX_INTERVAL = 256  # the longest a steady group's interval grows, in steps
 CREDIT_SLACK = 1e-9  # forwards: credit this close below 0 counts as 0 (the sums of shares round)
+CURVATURE_Z = 2.0  # a curvature this many standard errors (Fit.curvature_se) from 0 is resolved
 DESCENT_MEMORY = 0.9  # weight of the past in a group's descent tally (about its last 10 clean fits)
 # a tally this far from 0 is clear: one standard deviation of the tally of a direction that
 # descends half the time (+: about 60% of the recent fits descended; -: about 40%). A fit may
 # raise a rate only at +CLEAR_TALLY or more, a climb shrinks it only at -CLEAR_TALLY or less.
 CLEAR_TALLY = math.sqrt(1.0 / (1.0 - DESCENT_MEMORY**2))
 NO_OVERSHOOT = " (no minimum behind it within the probes: not an overshoot)"
+UNRESOLVED_CLIMB = " (its curvature is below the loss's resolution: not an overshoot)"
 
 
 def moment_steps(beta1: float) -> int:
@@ -102,6 +114,7 @@ class Verdict(str, Enum):
     NONFINITE = "nonfinite loss"
     FLAT = "flat (the probes did not change the loss)"
     CLIMB = "not a descent direction (A <= 0)"
+    UNRESOLVED = "curvature below the loss's resolution"
     CONCAVE = "not convex along d (B <= 0)"
     POOR = "poor fit"
 
@@ -109,7 +122,7 @@ class Verdict(str, Enum):
 class Action(str, Enum):
     """What a decision does to the rate."""
 
-    FIT = "fit"  # towards A / B
+    FIT = "fit"  # towards A / B (or, unresolved, towards the bound A / B+)
     SHRINK = "shrink"  # by rate_clip[0]
     KEEP = "keep"
     HOLD = "hold"  # an accepted fit that would raise the rate while growth is not allowed
@@ -274,6 +287,8 @@ class RateRule:
             return Verdict.FLAT
         if fit.A <= 0:
             return Verdict.CLIMB
+        if fit.r2 >= self.r2_min and not self.resolved(fit):
+            return Verdict.UNRESOLVED
         if fit.B <= 0:
             return Verdict.CONCAVE
         if fit.r2 < self.r2_min:
@@ -286,16 +301,20 @@ class RateRule:
         warming = standing.warming
         detail = f" (R^2 {fit.r2:.4f} < {self.r2_min})" if verdict is Verdict.POOR else ""
         shrunk = self._towards(0.0, rate, warming)
-        if verdict is Verdict.ACCEPTED:
-            target = self._towards(self.fitted(fit), rate, warming)
+        if verdict is Verdict.ACCEPTED or (verdict is Verdict.UNRESOLVED and self.bound(fit) > rate):
+            target = self._towards(self.fitted(fit) if verdict is Verdict.ACCEPTED else self.bound(fit), rate, warming)
             if target > rate and (standing.held or standing.descent < CLEAR_TALLY):
                 return Decision(verdict, Action.HOLD, rate)
             return Decision(verdict, Action.FIT, target)
+        if verdict is Verdict.UNRESOLVED:  # a lower bound below the rate says nothing against it
+            return Decision(verdict, Action.KEEP, rate)
         if verdict is Verdict.NONFINITE:  # a probe overflowed: the rate overshoots (in warm-up)
             return Decision(verdict, Action.SHRINK, shrunk) if warming else Decision(verdict, Action.KEEP, rate)
         if verdict is Verdict.CLIMB:  # only a clean overshoot may shrink the rate
             if fit.r2 < self.r2_min:
                 return Decision(verdict, Action.KEEP, rate)
+            if not self.resolved(fit):
+                return Decision(verdict, Action.KEEP, rate, UNRESOLVED_CLIMB)
             if not fit.overshoots:
                 return Decision(verdict, Action.KEEP, rate, NO_OVERSHOOT)
             if standing.held or standing.descent <= -CLEAR_TALLY:
@@ -312,6 +331,17 @@ class RateRule:
         steps, by default the ``moment_steps`` that AdamW's first moment carries a direction into."""
         return fit.rate / (self.moment_steps if self.fit_steps is None else self.fit_steps)
 
+    def bound(self, fit: Fit) -> float:
+        """The least rate an unresolved clean descent calls for: its minimum lies at least
+        ``A / B+`` away (``B+``: the largest curvature the probes cannot rule out), spread as
+        ``fitted`` spreads ``A / B``."""
+        return self.fitted(replace(fit, B=max(fit.B, 0.0) + CURVATURE_Z * fit.curvature_se))
+
+    @staticmethod
+    def resolved(fit: Fit) -> bool:
+        """Whether the probes resolved the fit's curvature: ``|B| >= CURVATURE_Z`` standard errors."""
+        return abs(fit.B) >= CURVATURE_Z * fit.curvature_se
+
     def _towards(self, target: float, rate: float, warming: bool) -> float:
         lo, hi = self.rate_clip
         target = min(max(target, lo * rate), hi * rate)
@@ -324,6 +354,6 @@ class RateRule:
             return None
         if not fit.r2 >= self.r2_min:  # NaN too: a probe overflowed
             return rate / SEARCH_STEP
-        if fit.A > 0 and fit.B > 0 and self.fitted(fit) < self.shrink * rate:
+        if fit.A > 0 and fit.B > 0 and self.resolved(fit) and self.fitted(fit) < self.shrink * rate:
             return max(self.fitted(fit), rate / SEARCH_STEP)
         return None

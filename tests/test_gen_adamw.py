@@ -81,6 +81,8 @@ EQUIVALENCE = {
                                        "norm": dict(probe_scales=(-1.0, 1.0, 2.0), warmup=0, joint=True)}),
     "scheduler": dict(scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.8**t)),
     "budget (the default schedule)": dict(probe_every=None, steps=40),
+    "from lr 1e-5, where the probes cannot resolve the curvature": dict(probe_every=None, lr=1e-5, steps=40,
+                                                                       unresolved=True),
     "budget, short warm-up, joint": dict(probe_every=None, probe_budget=0.5, warmup=2, joint=True, steps=40),
     "budget per group beside a fixed interval": dict(
         probe_every=None, steps=40, groups={"others": dict(probe_budget=1.0), "head": dict(probe_every=4),
@@ -96,6 +98,7 @@ def test_matches_reference_step_for_step(name, device):
     twin = copy.deepcopy(model)
     kw = BASE | EQUIVALENCE[name]
     per_group, scheduler, steps = kw.pop("groups", {}), kw.pop("scheduler", None), kw.pop("steps", 12)
+    unresolved = kw.pop("unresolved", False)
 
     def groups(m):
         return [g | per_group.get(g["name"], {}) for g in group_parameters(m)]
@@ -125,6 +128,9 @@ def test_matches_reference_step_for_step(name, device):
         assert any("joint" in r for r in ours.history)
     if per_group.get("head", {}).get("probe_every") == 0:
         assert not any("head" in r["groups"] for r in ours.history)
+    if unresolved:  # straight-line descents raised rates by their bound
+        assert any(e["verdict"] == Verdict.UNRESOLVED.value and e["action"] == Action.FIT.value
+                   for r in ours.history for e in r["groups"].values())
     if kw["probe_every"] is None:  # the budget left steps without a round
         assert len(ours.history) < steps
 

@@ -175,12 +175,29 @@ def test_fit_verdicts_quick():
     done = quick_benchmark("fit_verdicts", "--lrs", "1e-3", timeout=300)
     rows = [line.strip("| ").split(" | ") for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line]
     header, body = rows[0], rows[1:]
-    assert header[1:7] == ["accepted", "climb", "concave", "poor", "flat", "nonfinite"]
+    assert header[1:8] == ["accepted", "unresolved", "climb", "concave", "poor", "flat", "nonfinite"]
     assert {r[0] for r in body} == {"head", "norm", "bias", "embed", "others"}
     # 12 steps, all within warm-up: every group is probed and judged at every step
-    assert [sum(int(x) for x in r[1:7]) for r in body] == [12] * len(body)
-    assert all(float(r[7]) >= 0.0 and float(r[8]) > 0.0 for r in body)
+    assert [sum(int(x) for x in r[1:8]) for r in body] == [12] * len(body)
+    assert all(float(r[8]) >= 0.0 and float(r[9]) > 0.0 for r in body)
     assert "dev accuracy" in done.stdout
+
+
+def test_resolution_quick():
+    """Every group at every probe step in both precisions; float64's B is the same at every
+    step (the loss is quadratic there), and at the smallest step float32 cannot resolve it."""
+    etas = ["1e-05", "1e-04", "1e-03"]
+    done = quick_benchmark("resolution", "--at", "3", "--etas", *etas, timeout=300)
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in done.stdout.splitlines()
+            if line.startswith("| ") and "---" not in line][1:]
+    groups = ["head", "norm", "bias", "embed", "others"]
+    assert [(r[0], r[1], r[2]) for r in rows] == [(g, f"{float(e):.0e}", p) for g in groups for e in etas
+                                                  for p in ("float32", "float64")]
+    for g in groups:
+        b64 = [float(r[4]) for r in rows if r[0] == g and r[2] == "float64"]
+        assert max(b64) - min(b64) <= 0.05 * max(abs(b) for b in b64) + 1e-9
+    assert any(r[1] == "1e-05" and r[2] == "float32" and r[6] == "no" for r in rows)
+    assert any(r[6] == "yes" and r[7] == "accepted" for r in rows)
 
 
 def table_rows(text):
