@@ -1,6 +1,7 @@
 """The rate rule, case by case: a table of fits, rates and steps, and what each must do."""
 import math
 
+import numpy as np
 import pytest
 
 from gen_optim.fit import FLAT_RESOLUTION, Fit, Probes
@@ -306,8 +307,6 @@ def test_float32_rounding_hides_a_small_curvature(eta, resolved):
     """MiniLM's head after 20 steps (benchmarks/RESULTS.md): A 2.86, B 34.1 in float64 at every
     probe step; with the losses rounded to float32 (L0 0.69) B is noise at 1e-5 and the rule
     says so instead of fitting it, and where it is resolved it is within 25% of the truth."""
-    import numpy as np
-
     etas = tuple(s * eta for s in (-2.0, -1.0, 1.0, 2.0))
     loss0 = np.float32(0.69)
     losses = tuple(float(np.float32(float(loss0) - 2.86 * e + 34.1 * e**2 / 2)) for e in etas)
