@@ -34,8 +34,8 @@ from gen_optim.fit import Probes
 from gen_optim.rule import RateRule, Verdict
 
 from .harness import equipped, trainable
-from .table3_sst2 import SHARED, SST2, sst2_inputs
-from .transient import PROBE_SCALES, directions
+from .table3_sst2 import SST2
+from .transient import PROBE_SCALES, directions, study_task
 
 RULE = RateRule(probe_every=None, warmup=10, search=6, r2_min=0.99, smoothing=0.9, rate_clip=(0.5, 2.0))
 PRECISIONS = (torch.float32, torch.float64)
@@ -91,11 +91,7 @@ def main() -> None:
     parser.add_argument("--etas", type=float, nargs="+", default=[1e-6, 1e-5, 1e-4, 1e-3])
     parser.add_argument("--quick", action="store_true", help="tiny random BERT: mechanics only")
     args = parser.parse_args()
-    quick, files = sst2_inputs(SHARED, args.quick)
-    task = SST2(*files, quick)
-    print(f"{'tiny random BERT (--quick: mechanics only)' if quick else 'all-MiniLM-L6-v2'}, full fine-tuning on "
-          f"SST-2, batch 16; torch {torch.__version__}")
-    study(task, args.lr, args.at, args.etas)
+    study(study_task(args.quick), args.lr, args.at, args.etas)
 
 
 if __name__ == "__main__":

@@ -103,16 +103,21 @@ def study(task: SST2, lr: float, at: int) -> None:
         print(f"| {'all' if group is None else group['name']} | {fitted} | " + " | ".join(cells) + " |", flush=True)
 
 
+def study_task(quick: bool) -> SST2:
+    """The task these studies probe (``--quick``: a tiny random BERT), its line printed."""
+    quick, files = sst2_inputs(SHARED, quick)
+    print(f"{'tiny random BERT (--quick: mechanics only)' if quick else 'all-MiniLM-L6-v2'}, full fine-tuning on "
+          f"SST-2, batch 16; torch {torch.__version__}")
+    return SST2(*files, quick)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--at", type=int, nargs="+", default=[2, 30])
     parser.add_argument("--quick", action="store_true", help="tiny random BERT: mechanics only")
     args = parser.parse_args()
-    quick, files = sst2_inputs(SHARED, args.quick)
-    task = SST2(*files, quick)
-    print(f"{'tiny random BERT (--quick: mechanics only)' if quick else 'all-MiniLM-L6-v2'}, full fine-tuning on "
-          f"SST-2, batch 16; torch {torch.__version__}")
+    task = study_task(args.quick)
     for at in args.at:
         study(task, args.lr, at)
 
