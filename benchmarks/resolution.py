@@ -29,21 +29,22 @@ import random
 
 import torch
 
-from gen_optim import group_parameters
-from gen_optim.fit import Probes
+from gen_optim import GeNAdamW, group_parameters
+from gen_optim.fit import Fit, Probes
 from gen_optim.rule import RateRule, Verdict
 
 from .harness import equipped, trainable
 from .table3_sst2 import SST2
 from .transient import PROBE_SCALES, directions, study_task
 
-RULE = RateRule(probe_every=None, warmup=10, search=6, r2_min=0.99, smoothing=0.9, rate_clip=(0.5, 2.0))
+# the rule of a GeNAdamW group at its defaults
+RULE = RateRule.of(GeNAdamW([torch.nn.Parameter(torch.zeros(1))]).param_groups[0])
 PRECISIONS = (torch.float32, torch.float64)
 
 
 def probe_fit(model: torch.nn.Module, params: list[torch.Tensor], ds: list[torch.Tensor], batch: dict,
-              eta: float) -> tuple:
-    """The fit of ``params``' probes at ``PROBE_SCALES * eta`` along ``ds``, and ``L0``."""
+              eta: float) -> Fit:
+    """The fit of ``params``' probes at ``PROBE_SCALES * eta`` along ``ds`` on ``batch``."""
     with torch.no_grad():
         loss0 = float(model(**batch).loss)
         losses = []
