@@ -32,7 +32,8 @@ of the first ``ceil(1 / (1 - beta1)) + warmup`` steps when ``probe_every`` is gi
    other rejected fits, and flat ones (no probe moved the loss beyond float32 rounding), leave
    it alone. A clean descent whose curvature is *unresolved* (below the loss's rounding at the
    probes' steps: a straight line) may raise the rate towards the least fitted rate it allows,
-   ``A / (max(B, 0) + CURVATURE_Z se_B) / M``, as an accepted fit would (see ``rule``);
+   ``A / (max(B, 0) + CURVATURE_Z se_B) / M``, as an accepted fit would, and adds the PPI of
+   that steepest parabola (see ``rule``);
 3. with ``joint=True``, after the update the loss is evaluated once more at the new weights;
    with the slope ``G'delta = -sum_k lr_k A_k`` this fits the loss along the combined step
    ``delta``, and when the combined step passed its optimum ``c* < 1`` every fitted rate is
@@ -589,8 +590,9 @@ class GeNAdamW(torch.optim.Optimizer):
             entry = {"A": fit.A, "B": fit.B, "B_se": fit.curvature_se, "r2": fit.r2, "ppi": 0.0, "accepted": decision.accepted,
                      "verdict": decision.verdict.value, "action": decision.action.value, "reason": decision.reason,
                      "descent": group["gen_descent"]}
-            if decision.accepted:
-                entry["ppi"] = ppi(fit, sum(real_numel(p) for p in group["params"]))
+            credited = rule.credited(fit, decision.verdict)
+            if credited is not None:
+                entry["ppi"] = ppi(credited, sum(real_numel(p) for p in group["params"]))
                 self.state["appi"][group["name"]] += entry["ppi"]
             old_rate, group["gen_lr"] = group["gen_lr"], decision.rate
             group["gen_rounds"] += 1

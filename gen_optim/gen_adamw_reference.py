@@ -143,7 +143,10 @@ class GeNAdamWReference(torch.optim.Optimizer):
                 if clean and A > 0 and not resolved:
                     # a straight descent: its minimum lies at least A / B+ away, B+ the largest
                     # curvature the probes can't rule out; that may raise the rate, never lower it
-                    bound = A / (max(B, 0.0) + 2 * B_se) / group["spread"]
+                    steepest = max(B, 0.0) + 2 * B_se
+                    step = min(A / steepest, max(group["probe_scales"]) * old)  # the least reduction it allows
+                    self.appi[group["name"]] += 2 * (A * step - steepest * step**2 / 2) / sum(p.numel() for p in group["params"])
+                    bound = A / steepest / group["spread"]
                     if bound > old and not (held or group["descent"] < (1 / (1 - 0.9**2)) ** 0.5):
                         group["gen_lr"] = smoothing * old + (1 - smoothing) * min(bound, hi * old)
                 elif accepted:

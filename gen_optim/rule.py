@@ -22,7 +22,8 @@ settings (``RateRule``), a ``Fit`` and the group's fitted rate; nothing here tou
   resolved is ``UNRESOLVED``: the loss falls along ``d`` as a straight line at every probe, so
   its minimum lies at least ``A / B+`` away, ``B+ = max(B, 0) + CURVATURE_Z se`` the largest
   curvature the probes cannot rule out; that bound (``bound``) may raise the rate as an
-  accepted fit's fitted rate does, and never lowers it. At small rates the curvature of the
+  accepted fit's fitted rate does, and never lowers it, and the loss reduction it allows within
+  the probes counts towards the group's influence (``credited``). At small rates the curvature of the
   small groups is below float32 rounding: on MiniLM at 1e-5, ``B`` of the head came out as
   noise of either sign (280 against the 34.1 float64 gives), so its fits were "not convex" or
   "accepted" by chance, and the rate stayed where it started. A clean climb whose curvature is
@@ -335,7 +336,21 @@ class RateRule:
         """The least rate an unresolved clean descent calls for: its minimum lies at least
         ``A / B+`` away (``B+``: the largest curvature the probes cannot rule out), spread as
         ``fitted`` spreads ``A / B``."""
-        return self.fitted(replace(fit, B=max(fit.B, 0.0) + CURVATURE_Z * fit.curvature_se))
+        return self.fitted(self._steepest(fit))
+
+    def credited(self, fit: Fit, verdict: Verdict) -> Fit | None:
+        """The parabola whose loss reduction a fit credits to the group's influence (``fit.ppi``):
+        an accepted fit's own; an unresolved descent's with its curvature at ``B+``, the least
+        reduction the probes allow (within them the loss fell as a straight line, which
+        ``B+`` bends by about the loss's rounding); none for the others."""
+        if verdict is Verdict.ACCEPTED:
+            return fit
+        return self._steepest(fit) if verdict is Verdict.UNRESOLVED else None
+
+    @staticmethod
+    def _steepest(fit: Fit) -> Fit:
+        """``fit`` with ``B+ = max(B, 0) + CURVATURE_Z se``: the largest curvature it cannot rule out."""
+        return replace(fit, B=max(fit.B, 0.0) + CURVATURE_Z * fit.curvature_se)
 
     @staticmethod
     def resolved(fit: Fit) -> bool:

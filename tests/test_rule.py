@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from gen_optim.fit import FLAT_RESOLUTION, Fit, Probes
+from gen_optim.fit import FLAT_RESOLUTION, Fit, Probes, ppi
 from gen_optim.rule import (DESCENT_MEMORY, CLEAR_TALLY, MAX_INTERVAL, SEARCH_STEP, STEP_FORWARDS, Action, RateRule, Schedule,
                             Standing, Verdict, moment_steps)
 
@@ -317,3 +317,21 @@ def test_float32_rounding_hides_a_small_curvature(eta, resolved):
         assert fit.B == pytest.approx(34.1, rel=0.25)
     else:
         assert RULE.judge(fit) is Verdict.UNRESOLVED and RULE.bound(fit) < 2.86 / 34.1 / 10
+
+
+def test_credited_influence():
+    """An accepted fit credits its own parabola; an unresolved descent the steepest one its
+    probes allow (B+ = max(B, 0) + 2 se), whose reduction within the probes is about the
+    straight line's; no other verdict credits anything."""
+    accepted = Fit(1.0, 2.0, 1.0, curvature_se=0.5, reach=0.1)
+    assert RULE.credited(accepted, RULE.judge(accepted)) is accepted
+    for B in (-0.5, 0.0, 0.5):
+        unresolved = Fit(1.0, B, 1.0, curvature_se=1.0, reach=0.1)
+        assert RULE.judge(unresolved) is Verdict.UNRESOLVED
+        steepest = RULE.credited(unresolved, Verdict.UNRESOLVED)
+        assert steepest.B == pytest.approx(max(B, 0.0) + 2.0) and steepest.A == 1.0
+        # A / B+ lies beyond reach: the reduction at the farthest probe, 2 (A eta - B+ eta^2 / 2)
+        assert ppi(steepest, 10) == pytest.approx(2 * (0.1 - steepest.B * 0.01 / 2) / 10)
+        assert 0.0 < ppi(steepest, 10) < 2 * 0.1 / 10
+    for fit in (Fit(-1.0, 1.0, 1.0), Fit(1.0, -1.0, 1.0), Fit(1.0, 1.0, 0.5), Fit(0.0, 0.0, 0.0, flat=True)):
+        assert RULE.credited(fit, RULE.judge(fit)) is None
