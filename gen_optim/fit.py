@@ -82,7 +82,8 @@ def fit_quadratic(etas: np.ndarray, delta_losses: np.ndarray, resolution: float 
 
 
 def ppi(fit: Fit, numel: int) -> float:
-    """Per-parameter influence of an accepted fit: twice the loss reduction its parabola
+    """Per-parameter influence of a credited fit (``RateRule.credited``: an accepted one, or an
+    unresolved descent at its steepest curvature): twice the loss reduction its parabola
     predicts, per parameter, at its minimum ``A / B`` or at ``reach`` if that is nearer.
 
     Within reach it is the paper's ``A^2 / (B |w|)``. Beyond it, that formula extrapolates the

@@ -338,14 +338,15 @@ class RateRule:
         ``fitted`` spreads ``A / B``."""
         return self.fitted(self._steepest(fit))
 
-    def credited(self, fit: Fit, verdict: Verdict) -> Fit | None:
+    @staticmethod
+    def credited(fit: Fit, verdict: Verdict) -> Fit | None:
         """The parabola whose loss reduction a fit credits to the group's influence (``fit.ppi``):
         an accepted fit's own; an unresolved descent's with its curvature at ``B+``, the least
         reduction the probes allow (within them the loss fell as a straight line, which
         ``B+`` bends by about the loss's rounding); none for the others."""
         if verdict is Verdict.ACCEPTED:
             return fit
-        return self._steepest(fit) if verdict is Verdict.UNRESOLVED else None
+        return RateRule._steepest(fit) if verdict is Verdict.UNRESOLVED else None
 
     @staticmethod
     def _steepest(fit: Fit) -> Fit:
