@@ -302,13 +302,15 @@ class RateRule:
         warming = standing.warming
         detail = f" (R^2 {fit.r2:.4f} < {self.r2_min})" if verdict is Verdict.POOR else ""
         shrunk = self._towards(0.0, rate, warming)
-        if verdict is Verdict.ACCEPTED or (verdict is Verdict.UNRESOLVED and self.bound(fit) > rate):
-            target = self._towards(self.fitted(fit) if verdict is Verdict.ACCEPTED else self.bound(fit), rate, warming)
+        credited = self.credited(fit, verdict)  # the parabola the fit stands for, if any
+        if credited is not None:
+            aim = self.fitted(credited)
+            if verdict is Verdict.UNRESOLVED and aim <= rate:  # a lower bound below the rate says nothing against it
+                return Decision(verdict, Action.KEEP, rate)
+            target = self._towards(aim, rate, warming)
             if target > rate and (standing.held or standing.descent < CLEAR_TALLY):
                 return Decision(verdict, Action.HOLD, rate)
             return Decision(verdict, Action.FIT, target)
-        if verdict is Verdict.UNRESOLVED:  # a lower bound below the rate says nothing against it
-            return Decision(verdict, Action.KEEP, rate)
         if verdict is Verdict.NONFINITE:  # a probe overflowed: the rate overshoots (in warm-up)
             return Decision(verdict, Action.SHRINK, shrunk) if warming else Decision(verdict, Action.KEEP, rate)
         if verdict is Verdict.CLIMB:  # only a clean overshoot may shrink the rate
@@ -370,6 +372,6 @@ class RateRule:
             return None
         if not fit.r2 >= self.r2_min:  # NaN too: a probe overflowed
             return rate / SEARCH_STEP
-        if fit.A > 0 and fit.B > 0 and self.resolved(fit) and self.fitted(fit) < self.shrink * rate:
+        if self.judge(fit) is Verdict.ACCEPTED and self.fitted(fit) < self.shrink * rate:
             return max(self.fitted(fit), rate / SEARCH_STEP)
         return None
