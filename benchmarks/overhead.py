@@ -2,7 +2,8 @@
 
 Prints, measured side by side in one run (configurations interleaved, medians of rounds):
 - GeNAdamW with probing off vs AdamW (target <= 1.03);
-- GeNAdamW probing every P steps vs AdamW, and that ratio against the theory
+- GeNAdamW probing every P steps vs AdamW, and that ratio against the theory (which leaves out
+  the progress test; ``gen_untested`` probes without it, and the two are compared)
   1 + n_fwd * F / (P * (F + B)), n_fwd = len(probe_scales) * K + 1 (+1 with the joint
   correction, --joint), F a no-grad forward and F + B a training forward and backward (target: within 10%);
 - peak memory of each vs AdamW over a probe period after the first step, model included
@@ -27,7 +28,7 @@ from benchmarks.common import ProbeForwards, batches, gpt2, interleaved_step_tim
 from gen_optim import GeNAdamW, group_parameters, probe, replay_closure
 from gen_optim.rule import STEP_FORWARDS
 
-KINDS = ("adamw", "gen_off", "gen_probe")
+KINDS = ("adamw", "gen_off", "gen_probe", "gen_untested")  # gen_untested: probing, without the progress test
 WHOLE_RUN_BATCHES = 16  # distinct batches a whole run cycles through
 
 
@@ -38,7 +39,7 @@ def make_optimizer(kind, model, probe, probe_every, joint=False):
     # warmup=0, search=0: the steady state; warm-up adds `warmup` probe rounds and the first
     # round's search at most `search` more, once per run
     return GeNAdamW(group_parameters(model), closure, lr=1e-4, probe_every=0 if kind == "gen_off" else probe_every,
-                    warmup=0, search=0, joint=joint)
+                    warmup=0, search=0, joint=joint, progress=kind != "gen_untested")
 
 
 def forward_backward_times(model, batch, device, repeats):
@@ -85,7 +86,8 @@ def main():
         whole_runs(args)
     peak = {k: peak_memory(memory_run(k, args), args.device) for k in KINDS}
     print("peak memory: " + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in peak.items()))
-    print(f"peak memory / AdamW: probing off {peak['gen_off'] / peak['adamw']:.3f}, probing on {peak['gen_probe'] / peak['adamw']:.3f} "
+    print(f"peak memory / AdamW: probing off {peak['gen_off'] / peak['adamw']:.3f}, probing on {peak['gen_probe'] / peak['adamw']:.3f}, "
+          f"without the progress test {peak['gen_untested'] / peak['adamw']:.3f} "
           f"(a probe round holds one copy of the largest group, 'others')")
 
 
@@ -111,6 +113,7 @@ def time_steps(args):
     measured = step["gen_probe"] / step["adamw"]
     print(f"GeNAdamW probe_every={args.probe_every} / AdamW:   {measured:.3f}   theory {theory:.3f}, "
           f"measured/theory {measured / theory:.3f}   (target within 10%)")
+    print(f"the progress test (every step): GeNAdamW with it / without it {step['gen_probe'] / step['gen_untested']:.3f}")
 
 
 def whole_runs(args):

@@ -13,8 +13,8 @@ held-out loss at each evaluation step, mean (and worst) over seeds, for:
 - GeNAdamW with fresh-batch probes (this step's direction, probed on a training batch of its
   own, drawn by a second stream: what ``iterator_closure`` does), from 1e-4, 1e-3, 1e-2;
 then whether each GeNAdamW run is within 2% of the best AdamW at the last step.
-``--ablation`` instead runs each knob's default against other values (search, warm-up,
-smoothing, rate_clip) beside AdamW 1e-3 and the defaults from 1e-3 and 1e-2.
+``--ablation`` instead runs each knob's default against other values (search, warm-up, the
+progress test, smoothing, rate_clip) beside AdamW 1e-3 and the defaults from 1e-3 and 1e-2.
 
     python -m benchmarks.stability [--steps 200] [--seeds 0 1 2] [--configs NAME ... | --ablation]
 """
@@ -61,6 +61,7 @@ ABLATIONS = {
     "gen 1e-3 rate_clip 0.8-1.25": dict(lr=1e-3, gen=dict(rate_clip=(0.8, 1.25))),
     "gen 1e-2 rate_clip 0.8-1.25": dict(lr=1e-2, gen=dict(rate_clip=(0.8, 1.25))),
     "gen 1e-3 rate_clip 0.25-4": dict(lr=1e-3, gen=dict(rate_clip=(0.25, 4.0))),
+    **{f"gen {lr} progress off": dict(lr=float(lr), gen=dict(progress=False)) for lr in ("1e-4", "1e-3", "1e-2")},
 }
 
 

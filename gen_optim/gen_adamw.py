@@ -39,9 +39,14 @@ of the first ``ceil(1 / (1 - beta1)) + warmup`` steps when ``probe_every`` is gi
    ``delta``, and when the combined step passed its optimum ``c* < 1`` every fitted rate is
    scaled by ``max(c*, rate_clip[0])`` (per-group fits ignore the cross-curvature between groups).
 
-Between rounds it is exactly ``torch.optim.AdamW`` with each group's fitted rate, computed by
-torch's own AdamW kernels (foreach where torch uses them); a scheduler's ``group["lr"]``
-scales the fitted rate by ``group["lr"] / group["gen_base_lr"]``.
+At every step, before any round, each group's *progress test* (``rule.Progress``) takes the
+cosine between its gradient and the previous update's direction (one pass over its tensors, no
+forward; summed over the shards under FSDP2); where the previous update clearly keeps
+descending on each new batch the fitted rate grows, where it clearly climbs it shrinks
+(``RateRule.progress_factor``; ``progress=False`` turns it off). Between rounds the update is
+exactly ``torch.optim.AdamW``'s with each group's fitted rate, computed by torch's own AdamW
+kernels (foreach where torch uses them); a scheduler's ``group["lr"]`` scales the fitted rate
+by ``group["lr"] / group["gen_base_lr"]``.
 """
 from __future__ import annotations
 
@@ -66,12 +71,15 @@ from .probe import (
     adamw_directions,
     chunks,
     evaluate,
+    local,
     mean_over_ranks,
     probe_group,
     real,
     rng_devices,
+    sharded,
+    sum_over_ranks,
 )
-from .rule import RateRule, Schedule, Standing, Verdict
+from .rule import Progress, RateRule, Schedule, Standing, Verdict
 
 HISTORY_ROUNDS = 256  # probe records kept in the state; older ones are thinned to every other one
 
@@ -81,6 +89,7 @@ ADAMW_OPTIONS = dict(amsgrad=False, maximize=False, foreach=None, capturable=Fal
 GEN_SETTINGS = dict(
     probe_every=None, probe_budget=0.1, probe_scales=(-2.0, -1.0, 1.0, 2.0), r2_min=0.99, smoothing=0.9,
     rate_clip=(0.5, 2.0), joint=False, warmup=10, search=6, probe_direction="previous", fit_steps=None,
+    progress=True,
 )
 PROBE_DIRECTIONS = ("previous", "current")
 
@@ -152,6 +161,9 @@ def _check_gen(group: dict[str, Any]) -> None:
     if steps is not None and (isinstance(steps, bool) or not (isinstance(steps, int) and steps >= 1)):
         raise ValueError(f"fit_steps must be None (ceil(1 / (1 - beta1)), the first moment's reach) or an int "
                          f">= 1 (1: GeN's A / B), got {steps!r}")
+    if not isinstance(group["progress"], bool):
+        raise ValueError(f"progress must be True (the progress test moves rates between rounds) or False, "
+                         f"got {group['progress']!r}")
     if group["probe_direction"] not in PROBE_DIRECTIONS:
         raise ValueError(f"probe_direction must be one of {PROBE_DIRECTIONS}, got {group['probe_direction']!r}")
     lo, hi = group["rate_clip"]
@@ -212,12 +224,13 @@ class GroupWork:
         """The chunks a probe moves this group in: tensors of one device, dtype and count."""
         return chunks([real(p) for p in self.params], self.counts())
 
-    def direction(self, run: Sequence[int], ws: list[torch.Tensor]) -> list[torch.Tensor]:
+    def direction(self, run: Sequence[int], ws: list[torch.Tensor], previous: bool | None = None) -> list[torch.Tensor]:
         """``d`` of the tensors at ``run`` (one count) at their values ``ws``: the previous
-        update's direction (``probe_direction="previous"``, where there is one) or this step's."""
+        update's direction (``probe_direction="previous"``, or ``previous=True``, where there
+        is one) or this step's."""
         g = self.group
         t = self.counts()[run[0]]
-        previous = g["probe_direction"] == "previous" and t > 0
+        previous = (g["probe_direction"] == "previous" if previous is None else previous) and t > 0
 
         def at(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
             return [real(tensors[i]) for i in run]
@@ -268,6 +281,8 @@ class GeNAdamW(torch.optim.Optimizer):
             ``1``: GeN's ``A / B``, measured better on a pretrained causal LM (PEFT masks and full
             fine-tuning) and for training from scratch, worse for full fine-tuning of MiniLM on
             SST-2 (README, "Learning-rate-free").
+        progress: the progress test moves the fitted rates between rounds (see ``rule``); with
+            ``False`` only probe rounds move them.
         foreach, maximize, capturable, differentiable, fused: as ``torch.optim.AdamW``
             (``differentiable`` only with ``probe_every=0``).
 
@@ -297,6 +312,7 @@ class GeNAdamW(torch.optim.Optimizer):
         search: int = GEN_SETTINGS["search"],
         probe_direction: str = GEN_SETTINGS["probe_direction"],
         fit_steps: int | None = GEN_SETTINGS["fit_steps"],
+        progress: bool = GEN_SETTINGS["progress"],
         foreach: bool | None = None,
         maximize: bool = False,
         capturable: bool = False,
@@ -316,7 +332,7 @@ class GeNAdamW(torch.optim.Optimizer):
         settings = dict(probe_every=probe_every, probe_budget=probe_budget,
                         probe_scales=tuple(float(s) for s in probe_scales), r2_min=r2_min, smoothing=smoothing,
                         rate_clip=tuple(rate_clip), joint=joint, warmup=warmup, search=search,
-                        probe_direction=probe_direction, fit_steps=fit_steps)
+                        probe_direction=probe_direction, fit_steps=fit_steps, progress=progress)
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, **options, **settings)
         super().__init__(params, defaults)
         self.state["gen"] = _fresh_log()
@@ -340,6 +356,7 @@ class GeNAdamW(torch.optim.Optimizer):
         group.setdefault("gen_base_lr", float(group["lr"]))
         group.setdefault("gen_rounds", 0)
         group.setdefault("gen_descent", 0.0)
+        Progress().store(group)
         RateRule.of(group).first_schedule().store(group)
         self.state.setdefault("appi", {})[name] = 0.0
 
@@ -375,6 +392,8 @@ class GeNAdamW(torch.optim.Optimizer):
             group.setdefault("gen_base_lr", float(group["lr"]))
             group.setdefault("gen_rounds", sum(group["name"] in r["groups"] for r in self.state["gen"]["history"]))
             group.setdefault("gen_descent", 0.0)
+            if any(k not in group for k in Progress.KEYS):  # from before the progress test: it starts afresh
+                Progress().store(group)
             if any(k not in group for k in Schedule.KEYS):  # from 0.1.0 or AdamW: warm-up only if not done
                 RateRule.of(group).first_schedule(group["gen_rounds"]).store(group)
             appi.setdefault(group["name"], 0.0)
@@ -454,6 +473,7 @@ class GeNAdamW(torch.optim.Optimizer):
         loss = None if closure is None else self._training_closure(closure)
         log = self.state["gen"]
         work = [self._init_group(group) for group in self.param_groups]
+        self._progress(work)
         due = self._due(work, log["step"])
         record = self._probe_round(due, work) if due else None
         for w in work:
@@ -489,6 +509,45 @@ class GeNAdamW(torch.optim.Optimizer):
         if params and not computed:
             raise ClosureError(STEP_CLOSURE_FIX)
         return loss
+
+    @torch.compiler.disable  # host-side logic: torch.compile(opt.step) runs it eagerly
+    def _progress(self, work: list[GroupWork]) -> None:
+        """Each testing group's progress test takes this step's ``c_t`` (the cosine between its
+        gradient and the previous update's direction, over the tensors that have one), and its
+        rate moves by the factor the rule gives (``RateRule.progress_factor``); one host sync for all."""
+        tested, sums = [], []
+        for w in work:
+            g = w.group
+            if not (w.params and g["progress"] and g["gen_lr"] > 0 and RateRule.of(g).probing):
+                continue
+            parts = [self._cosine_terms(w, run) for run in w.runs() if w.counts()[run[0]] > 0]
+            if parts:
+                tested.append(w.group)
+                sums.append(torch.stack(parts).sum(0))
+        if not tested:
+            return
+        totals = torch.stack(sums)
+        if sharded(p for g in tested for p in g["params"]):
+            totals = sum_over_ranks(totals)  # FSDP2: each rank holds a shard of each tensor
+        for group, (dot, grad_sq, dir_sq) in zip(tested, totals.tolist()):
+            if not (grad_sq > 0 and dir_sq > 0 and np.isfinite(dot)):
+                continue
+            sign = -1.0 if group["maximize"] else 1.0
+            test = Progress.of(group).after(sign * dot / np.sqrt(grad_sq * dir_sq))
+            test.store(group)
+            group["gen_lr"] *= RateRule.of(group).progress_factor(test)
+
+    @staticmethod
+    def _cosine_terms(w: GroupWork, run: Sequence[int]) -> torch.Tensor:
+        """``g . d``, ``g . g`` and ``d . d`` (summed in float64) over the tensors at ``run``,
+        ``d`` the previous update's direction; of a sharded tensor, its local shard."""
+        d = [local(t) for t in w.direction(run, [real(w.params[i]) for i in run], previous=True)]
+        g = [local(real(w.grads[i])) for i in run]
+
+        def dot(xs: list[torch.Tensor], ys: list[torch.Tensor]) -> torch.Tensor:
+            return torch.stack([(x * y).sum(dtype=torch.float64) for x, y in zip(xs, ys)]).sum()
+
+        return torch.stack([dot(g, d), dot(g, g), dot(d, d)])
 
     @staticmethod
     def _due(work: list[GroupWork], step: int) -> list[GroupWork]:
@@ -589,7 +648,7 @@ class GeNAdamW(torch.optim.Optimizer):
                 self._warn_once("nonfinite", "the probe closure returned NaN or inf; the affected fits are rejected")
             entry = {"A": fit.A, "B": fit.B, "B_se": fit.curvature_se, "r2": fit.r2, "ppi": 0.0, "accepted": decision.accepted,
                      "verdict": decision.verdict.value, "action": decision.action.value, "reason": decision.reason,
-                     "descent": group["gen_descent"]}
+                     "descent": group["gen_descent"], "progress": Progress.of(group).z}
             credited = rule.credited(fit, decision.verdict)
             if credited is not None:
                 entry["ppi"] = ppi(credited, sum(real_numel(p) for p in group["params"]))

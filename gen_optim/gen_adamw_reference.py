@@ -18,10 +18,10 @@ class GeNAdamWReference(torch.optim.Optimizer):
     def __init__(self, params, closure, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  probe_every=None, probe_budget=0.1, probe_scales=(-2.0, -1.0, 1.0, 2.0), r2_min=0.99, smoothing=0.9,
                  rate_clip=(0.5, 2.0), joint=False, warmup=10, search=6, probe_direction="previous",
-                 fit_steps=None):
+                 fit_steps=None, progress=True):
         settings = dict(probe_every=probe_every, probe_budget=probe_budget, probe_scales=probe_scales, r2_min=r2_min, smoothing=smoothing,
                         rate_clip=rate_clip, joint=joint, warmup=warmup, search=search, probe_direction=probe_direction,
-                        fit_steps=fit_steps)
+                        fit_steps=fit_steps, progress=progress)
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, **settings))
         self.closure = closure
         self.t = 0
@@ -31,6 +31,8 @@ class GeNAdamWReference(torch.optim.Optimizer):
             group["gen_lr"] = group["base_lr"] = group["lr"]  # the fitted rate; a scheduler scales it
             group["rounds"] = 0
             group["descent"] = 0.0  # the decayed count of clean fits that descended, minus those that climbed
+            # the progress test: decayed mean and variance of cos(g_t, d_{t-1}), and its count
+            group["test_mean"], group["test_variance"], group["test_count"] = 0.0, 0.0, 0
             # Adam's moments follow the newest gradients for their first ceil(1 / (1 - beta1)) steps:
             # no rate grows then, and warm-up's rounds come after
             group["moment_steps"] = math.ceil(1 / (1 - group["betas"][0]) - 1e-9)
@@ -107,8 +109,41 @@ class GeNAdamWReference(torch.optim.Optimizer):
                 lowered.append((group, params))
             pending = lowered
 
+    def progress(self, group):
+        """The progress test takes this step's cosine between the gradient and the previous
+        update's direction; a clearly descending test grows the rate, a clearly climbing one
+        shrinks it."""
+        params = [p for p in group["params"] if p.grad is not None and self.state[p].get("step", 0) > 0]
+        dot = grad_sq = dir_sq = 0.0
+        for p in params:
+            d = self.direction(group, p, with_grad=False)[0]
+            dot += float((p.grad * d).sum(dtype=torch.float64))
+            grad_sq += float((p.grad * p.grad).sum(dtype=torch.float64))
+            dir_sq += float((d * d).sum(dtype=torch.float64))
+        if not params or grad_sq == 0 or dir_sq == 0:
+            return
+        c = dot / math.sqrt(grad_sq * dir_sq)
+        # the decayed mean and variance of c (weights summing to 1, as Adam's bias correction makes them)
+        n = group["test_count"]
+        before, weight = 1 - 0.9**n, 1 - 0.9 ** (n + 1)
+        mean = group["test_mean"] + 0.1 / weight * (c - group["test_mean"])
+        group["test_variance"] = (0.9 * before * group["test_variance"] + 0.1 * (c - group["test_mean"]) * (c - mean)) / weight
+        group["test_mean"], group["test_count"] = mean, n + 1
+        if group["test_count"] < group["moment_steps"]:
+            return
+        # the variance of the decayed mean of independent steps: the variance times the squared weights' sum
+        spread = group["test_variance"] * 0.1 / 1.9 * (1 + 0.9**group["test_count"]) / (1 - 0.9**group["test_count"])
+        z = mean / math.sqrt(spread) if spread > 0 else math.copysign(math.inf, mean) if mean else 0.0
+        if z > 5:  # the previous update clearly still descends on new gradients: the faster, the clearer
+            group["gen_lr"] *= math.exp(min(0.2, 0.01 * (z - 5)))
+        elif z < -2:
+            group["gen_lr"] /= 1.05
+
     @torch.no_grad()
     def step(self):
+        for group in self.param_groups:
+            if group["progress"] and group["probe_every"] != 0 and group["gen_lr"] > 0:
+                self.progress(group)
         with_grads = [(g, [p for p in g["params"] if p.grad is not None]) for g in self.param_groups]
         with_grads = [(g, params) for g, params in with_grads if params and g["gen_lr"] > 0 and g["probe_every"] != 0]
         budgeted = [g for g, _ in with_grads if g["probe_every"] is None]

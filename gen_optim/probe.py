@@ -24,7 +24,7 @@ restores from. (On an H200 the chunks measured no faster than one tensor at a ti
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -111,6 +111,24 @@ def chunks(tensors: Sequence[Tensor], keys: Sequence[Any], limit: int | None = N
         runs[kind][-1].append(i)
         sizes[kind] += t.numel()
     return [run for kind_runs in runs.values() for run in kind_runs]
+
+
+def local(t: Tensor) -> Tensor:
+    """A sharded tensor's (FSDP2's DTensor's) local shard; any other tensor as it is."""
+    return t.to_local() if _is_dtensor(t) else t
+
+
+def sharded(tensors: Iterable[Tensor]) -> bool:
+    """Whether any of ``tensors`` is a DTensor (FSDP2 shards it over the ranks)."""
+    return any(_is_dtensor(t) for t in tensors)
+
+
+def _is_dtensor(t: Tensor) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:
+        return False
+    return isinstance(t, DTensor)
 
 
 def _fsdp_module_type() -> type | None:
@@ -206,6 +224,13 @@ def probe_group(
         for v, w in zip(views, backup):
             v.copy_(w)
     return losses
+
+
+def sum_over_ranks(values: Tensor) -> Tensor:
+    """Sum ``values`` over the ranks in one collective (a no-op when alone)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(values)
+    return values
 
 
 def mean_over_ranks(values: Tensor) -> Tensor:

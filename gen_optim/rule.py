@@ -68,6 +68,21 @@ settings (``RateRule``), a ``Fit`` and the group's fitted rate; nothing here tou
   from 1e-5 to 2.5e-6..5e-6 (dev accuracy 58.6% against 78.3% without, benchmarks/RESULTS.md).
   A noisy or concave fit whose probes all lowered the loss says nothing against the rate
   either (embed 5e-5 -> 1.6e-6 in 10 warm-up steps on GPT-2).
+- ``progress_factor``: between rounds, at every step, each group's *progress test*
+  (``Progress``) takes ``c_t``, the cosine between this step's gradient and the previous
+  update's direction ``d`` (the exact slope that a fit's ``A`` estimates, from the gradient at no
+  extra forward), and keeps its decayed mean and variance. Once it has seen ``moment_steps``
+  steps, a test ``PROGRESS_Z`` (5) standard errors above 0 (the previous update still clearly
+  descends on each new batch: the rate is too small to have reached the noise) grows the rate
+  by ``exp(PROGRESS_GAIN (z - PROGRESS_Z))`` a step, at most ``exp(PROGRESS_MAX)``; one
+  ``PROGRESS_CLIMB`` (2) below 0 shrinks it by ``PROGRESS_SHRINK`` a step; otherwise it stays.
+  Measured under AdamW at fixed rates (benchmarks/RESULTS.md): the test is strongly positive
+  at rates below the best of a grid (MiniLM at 1e-5: z up to 18 over 50 steps; SmolLM2 cut to 4
+  blocks at 1e-4: 14 to 23), near 0 around the best (MiniLM 1e-4, SmolLM2 1e-3) and clearly
+  negative above it on SmolLM2 (3e-3: -3 to -5). It does not see a rate that is too high where
+  the damage is done in a few steps (MiniLM at 1e-3 sits at chance with a test near 0): that
+  stays the fits' job. Early in fine-tuning the test is 2 to 4 at good rates too, so growth
+  needs 5, and grows faster the clearer the evidence (SmolLM2's repair: 20 to 35).
 - ``search``: in a group's first round, a poor fit divides the rate by ``SEARCH_STEP`` and a
   clean convex fit (its curvature resolved) whose fitted rate lies below ``rate_clip[0]`` times the rate moves it there (by
   ``SEARCH_STEP`` at most); the group is then probed again, ``search`` times at most.
@@ -98,6 +113,13 @@ DESCENT_MEMORY = 0.9  # weight of the past in a group's descent tally (about its
 # descends half the time (+: about 60% of the recent fits descended; -: about 40%). A fit may
 # raise a rate only at +CLEAR_TALLY or more, a climb shrinks it only at -CLEAR_TALLY or less.
 CLEAR_TALLY = math.sqrt(1.0 / (1.0 - DESCENT_MEMORY**2))
+# the progress test (``Progress``): a rate grows while its previous update clearly keeps descending
+# on each new gradient, the faster the clearer; it shrinks while that clearly climbs
+PROGRESS_Z = 5.0  # growth needs the test this many standard errors above 0 (early fine-tuning: 2 to 4)
+PROGRESS_GAIN = 0.01  # log-rate one step adds per standard error beyond PROGRESS_Z
+PROGRESS_MAX = 0.2  # the most log-rate one step adds (x1.22)
+PROGRESS_CLIMB = 2.0  # a test this many standard errors below 0 shrinks the rate ...
+PROGRESS_SHRINK = 1.05  # ... by this factor a step
 NO_OVERSHOOT = " (no minimum behind it within the probes: not an overshoot)"
 UNRESOLVED_CLIMB = " (its curvature is below the loss's resolution: not an overshoot)"
 
@@ -182,6 +204,52 @@ class Schedule:
 
 
 @dataclass(frozen=True)
+class Progress:
+    """One group's *progress test*, kept in its param group as ``gen_progress_mean``,
+    ``gen_progress_variance`` and ``gen_progress_count``: the decayed mean (memory
+    ``DESCENT_MEMORY``, weights normalised as Adam's bias correction does) and variance of
+    ``c_t``, the cosine between this step's gradient and the previous update's direction ``d``
+    (``+1``: the update still descends on the new batch; Pflug's test, measured exactly from the
+    gradient at every step, where a fit's ``A`` measures it once a round), and how many steps it
+    has seen. The variance is updated as West's weighted algorithm does, without the
+    cancellation of a mean square minus a squared mean when ``c_t`` barely varies."""
+
+    mean: float = 0.0
+    variance: float = 0.0
+    count: int = 0
+
+    KEYS = ("gen_progress_mean", "gen_progress_variance", "gen_progress_count")
+
+    @classmethod
+    def of(cls, group: dict[str, Any]) -> Progress:
+        return cls(*(group[k] for k in cls.KEYS))
+
+    def store(self, group: dict[str, Any]) -> None:
+        group.update(zip(self.KEYS, (float(self.mean), float(self.variance), int(self.count))))
+
+    def after(self, cosine: float) -> Progress:
+        """The test after one more step's ``c_t``."""
+        keep = DESCENT_MEMORY
+        before, weight = 1 - keep**self.count, 1 - keep ** (self.count + 1)  # the weights' sums
+        mean = self.mean + (1 - keep) / weight * (cosine - self.mean)
+        variance = (keep * before * self.variance + (1 - keep) * (cosine - self.mean) * (cosine - mean)) / weight
+        return Progress(mean, variance, self.count + 1)
+
+    @property
+    def z(self) -> float:
+        """The decayed mean of ``c_t`` in standard errors (0 before any step): its variance times
+        the sum of the squared weights, ``(1 - m) / (1 + m) (1 + m^n) / (1 - m^n)`` for memory
+        ``m`` after ``n`` steps, the share of it that the mean keeps for independent steps."""
+        if self.count == 0:
+            return 0.0
+        decay = DESCENT_MEMORY**self.count
+        spread = self.variance * (1 - DESCENT_MEMORY) / (1 + DESCENT_MEMORY) * (1 + decay) / (1 - decay)
+        if spread > 0:
+            return self.mean / math.sqrt(spread)
+        return math.copysign(math.inf, self.mean) if self.mean else 0.0
+
+
+@dataclass(frozen=True)
 class RateRule:
     """One group's settings for the rule (see the module docstring)."""
 
@@ -195,13 +263,14 @@ class RateRule:
     n_probes: int = 4  # len(probe_scales)
     moment_steps: int = 10  # moment_steps(beta1)
     fit_steps: int | None = None  # None: moment_steps
+    progress: bool = True  # the progress test moves the rate between rounds
 
     @classmethod
     def of(cls, group: dict[str, Any]) -> RateRule:
         """The rule of a GeNAdamW param group."""
         return cls(group["probe_every"], group["warmup"], group["search"], group["r2_min"], group["smoothing"],
                    tuple(group["rate_clip"]), group["probe_budget"], len(group["probe_scales"]),
-                   moment_steps(group["betas"][0]), group["fit_steps"])
+                   moment_steps(group["betas"][0]), group["fit_steps"], group["progress"])
 
     @property
     def budgeted(self) -> bool:
@@ -328,6 +397,17 @@ class RateRule:
         if warming and fit.uphill:
             return Decision(verdict, Action.SHRINK, shrunk, detail)
         return Decision(verdict, Action.KEEP, rate, detail)
+
+    def progress_factor(self, test: Progress) -> float:
+        """The factor one step's progress ``test`` moves the rate by: once the test has seen
+        ``moment_steps`` steps, ``exp(min(PROGRESS_MAX, PROGRESS_GAIN (z - PROGRESS_Z)))`` while
+        ``z > PROGRESS_Z``, ``1 / PROGRESS_SHRINK`` while ``z < -PROGRESS_CLIMB``, else 1."""
+        if not (self.progress and self.probing) or test.count < self.moment_steps:
+            return 1.0
+        z = test.z
+        if z > PROGRESS_Z:
+            return math.exp(min(PROGRESS_MAX, PROGRESS_GAIN * (z - PROGRESS_Z)))
+        return 1.0 / PROGRESS_SHRINK if z < -PROGRESS_CLIMB else 1.0
 
     def fitted(self, fit: Fit) -> float:
         """The rate an accepted fit calls for: its minimum ``A / B`` spread over ``fit_steps``

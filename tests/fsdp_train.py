@@ -1,6 +1,7 @@
 """GeNAdamW under FSDP2 (`torchrun --nproc_per_node 2 fsdp_train.py OUT.json`) or alone on the
 whole batch (`python fsdp_train.py OUT.json`): an MLP whose LayerNorm belongs to the root
-module, probing every 2 steps for 20 steps; from step 10 only the mask's groups train."""
+module, probing every 2 steps for 20 steps; from step 10 only the mask's groups train; the
+progress test (sums over the shards) runs at every step."""
 import json
 import os
 import sys
@@ -10,6 +11,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from gen_optim import GeNAdamW, Mask, group_parameters
+from gen_optim.rule import Progress
 
 sharded = "RANK" in os.environ
 if sharded:
@@ -42,6 +44,7 @@ full = [p.full_tensor() if hasattr(p, "full_tensor") else p.detach() for p in mo
 if rank == 0:
     with open(sys.argv[1], "w") as f:
         json.dump({"rates": {grp["name"]: grp["gen_lr"] for grp in opt.param_groups}, "appi": opt.state["appi"],
+                   "progress": {grp["name"]: [grp[k] for k in Progress.KEYS] for grp in opt.param_groups},
                    "sizes": opt.group_sizes(), "weights": [w.tolist() for w in full],
                    "reasons": [{n: e["reason"] for n, e in r["groups"].items()} for r in opt.history],
                    "fits": [{n: (e["A"], e["B"], e["ppi"]) for n, e in r["groups"].items()} for r in opt.history],

@@ -28,6 +28,9 @@ def test_fsdp2_matches_one_process(tmp_path):
     assert sharded["reasons"] == alone["reasons"]
     assert sharded["rates"] == pytest.approx(alone["rates"], rel=1e-9)
     assert sharded["appi"] == pytest.approx(alone["appi"], rel=1e-9)
+    # the progress test sums g . d over the ranks' shards: one process's whole tensors give the same
+    assert sharded["progress"] == {k: pytest.approx(v, rel=1e-9) for k, v in alone["progress"].items()}
+    assert sharded["progress"]["others"][2] == 19 and sharded["progress"]["bias"][2] == 9  # bias frozen at step 10
     assert sharded["sizes"] == alone["sizes"] == {"norm": 64, "bias": 65, "others": 1312}  # global, not local
     for a, b in zip(alone["weights"], sharded["weights"]):
         np.testing.assert_allclose(np.array(b), np.array(a), rtol=0, atol=1e-10)

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from gen_optim.fit import FLAT_RESOLUTION, Fit, Probes, ppi
-from gen_optim.rule import (DESCENT_MEMORY, CLEAR_TALLY, MAX_INTERVAL, SEARCH_STEP, STEP_FORWARDS, Action, RateRule, Schedule,
-                            Standing, Verdict, moment_steps)
+from gen_optim.rule import (DESCENT_MEMORY, CLEAR_TALLY, MAX_INTERVAL, PROGRESS_CLIMB, PROGRESS_GAIN, PROGRESS_MAX,
+                            PROGRESS_SHRINK, PROGRESS_Z, SEARCH_STEP, STEP_FORWARDS, Action, Progress, RateRule,
+                            Schedule, Standing, Verdict, moment_steps)
 
 RULE = RateRule(probe_every=4, warmup=2, search=6, r2_min=0.99, smoothing=0.9, rate_clip=(0.5, 2.0))
 NAN = float("nan")
@@ -101,7 +102,7 @@ def test_a_fit_calls_for_its_minimum_spread_over_the_moments_steps():
     fit = Fit(1.0, 10.0, 1.0)
     assert RULE.fitted(fit) == pytest.approx(0.1 / moment_steps(0.9)) == pytest.approx(1e-2)
     group = dict(probe_every=None, warmup=10, search=6, r2_min=0.99, smoothing=0.9, rate_clip=(0.5, 2.0),
-                 probe_budget=0.1, probe_scales=(-2.0, -1.0, 1.0, 2.0), fit_steps=None)
+                 probe_budget=0.1, probe_scales=(-2.0, -1.0, 1.0, 2.0), fit_steps=None, progress=True)
     assert RateRule.of(group | {"betas": (0.0, 0.999)}).fitted(fit) == pytest.approx(0.1)
     assert RateRule.of(group | {"betas": (0.95, 0.999)}).fitted(fit) == pytest.approx(0.1 / 20)
     # fit_steps overrides the divisor, and only it: the moments' transient still lasts moment_steps
@@ -187,9 +188,9 @@ def test_due():
 
 def test_of_a_group_and_the_floors():
     group = dict(probe_every=8, warmup=10, search=6, r2_min=0.9, smoothing=0.5, rate_clip=[0.25, 4.0], lr=1.0,
-                 probe_budget=0.2, probe_scales=(-1.0, 1.0, 2.0), betas=(0.95, 0.999), fit_steps=3)
+                 probe_budget=0.2, probe_scales=(-1.0, 1.0, 2.0), betas=(0.95, 0.999), fit_steps=3, progress=False)
     rule = RateRule.of(group)
-    assert rule == RateRule(8, 10, 6, 0.9, 0.5, (0.25, 4.0), 0.2, 3, 20, 3)
+    assert rule == RateRule(8, 10, 6, 0.9, 0.5, (0.25, 4.0), 0.2, 3, 20, 3, False)
     assert rule.shrink == rule.joint_floor == 0.25 and not math.isnan(rule.rate_clip[1])
 
 
@@ -335,3 +336,54 @@ def test_credited_influence():
         assert 0.0 < ppi(steepest, 10) < 2 * 0.1 / 10
     for fit in (Fit(-1.0, 1.0, 1.0), Fit(1.0, -1.0, 1.0), Fit(1.0, 1.0, 0.5), Fit(0.0, 0.0, 0.0, flat=True)):
         assert RULE.credited(fit, RULE.judge(fit)) is None
+
+
+def test_progress_test_is_the_decayed_mean_in_standard_errors():
+    """Against the brute-force weighted mean and variance, with weights (1 - m) m^(n - i) / (1 - m^n)."""
+    rng = np.random.default_rng(0)
+    cosines = 0.1 + 0.05 * rng.standard_normal(30)
+    test = Progress()
+    for c in cosines:
+        test = test.after(float(c))
+    weights = (1 - DESCENT_MEMORY) * DESCENT_MEMORY ** np.arange(len(cosines))[::-1]
+    weights /= weights.sum()
+    mean = weights @ cosines
+    variance = weights @ (cosines - mean) ** 2
+    assert (test.mean, test.variance, test.count) == (pytest.approx(mean), pytest.approx(variance), 30)
+    assert test.z == pytest.approx(mean / math.sqrt(variance * (weights**2).sum()))
+    assert Progress().z == 0.0 and Progress().after(0.3).z == math.inf and Progress().after(-0.3).z == -math.inf
+    # a cosine that never varies has no cancellation error to turn into a finite z
+    steady = Progress()
+    for _ in range(40):
+        steady = steady.after(0.123456789)
+    assert steady.variance < 1e-30 and steady.z > 1e6
+
+
+def progress_at(z, count=20):
+    """A test of ``count`` steps whose z is ``z``."""
+    variance = 1.0
+    spread = (1 - DESCENT_MEMORY) / (1 + DESCENT_MEMORY) * (1 + DESCENT_MEMORY**count) / (1 - DESCENT_MEMORY**count)
+    return Progress(z * math.sqrt(variance * spread), variance, count)
+
+
+PROGRESS_CASES = {
+    "too few steps": (progress_at(50.0, count=9), 1.0),
+    "no clear evidence either way": (progress_at(PROGRESS_Z - 0.01), 1.0),
+    "just clear: grows a little": (progress_at(PROGRESS_Z + 1.0), math.exp(PROGRESS_GAIN)),
+    "overwhelming: capped": (progress_at(1e4), math.exp(PROGRESS_MAX)),
+    "a mixed test keeps": (progress_at(-PROGRESS_CLIMB + 0.01), 1.0),
+    "a clear climb shrinks": (progress_at(-PROGRESS_CLIMB - 0.01), 1 / PROGRESS_SHRINK),
+}
+
+
+@pytest.mark.parametrize("name", PROGRESS_CASES)
+def test_progress_factor(name):
+    test, factor = PROGRESS_CASES[name]
+    assert RULE.progress_factor(test) == pytest.approx(factor)
+
+
+def test_progress_factor_needs_the_test_on_and_probing():
+    clear = progress_at(50.0)
+    assert RULE.progress_factor(clear) > 1
+    assert RateRule(**{**RULE.__dict__, "progress": False}).progress_factor(clear) == 1.0
+    assert RateRule(**{**RULE.__dict__, "probe_every": 0}).progress_factor(clear) == 1.0
