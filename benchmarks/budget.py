@@ -6,7 +6,9 @@ after the other for each seed (interleaved, so the machine's load falls on all a
 - AdamW 1e-3 (the time reference), 3e-4 and 3e-3 (the stable-rates goal: within 2% of the best);
 - GeNAdamW at its defaults (``probe_budget=0.1``) from each ``--lrs`` start;
 - the same rule with no budget (``probe_budget=1e9``: every round its schedule wants);
-- the old fixed interval (``probe_every=8``) from 1e-3.
+- the old fixed interval (``probe_every=8``) from 1e-3;
+- with ``--warmup_ablation``, the budget with the earlier default warm-up (``warmup=10``: the moments'
+  transient and 10 more rounds of every group at every step) from each start.
 Prints per config: wall time / AdamW's, probe forwards per training step and the compute
 fraction they stand for (``/ STEP_FORWARDS``), the forwards spent until every group's warm-up
 was over (a fixed cost: the rest grows with the run at ``probe_budget``), held-out loss (mean over seeds) against the
@@ -25,7 +27,7 @@ accuracy and wall time side by side (kept in ``--sst2_out``; a rerun resumes).
 
 ``--no-grid`` runs only AdamW 1e-3 and the budget (the cost of a long run).
 
-    python -m benchmarks.budget [--steps 600] [--seeds 0 1 2] [--lrs 1e-4 1e-3 1e-2] [--all_tokens] [--sst2]
+    python -m benchmarks.budget [--steps 600] [--seeds 0 1 2] [--lrs 1e-4 1e-3 1e-2] [--all_tokens] [--warmup_ablation] [--sst2]
         [--sst2_quality [--sst2_out runs/budget_sst2.jsonl]] [--no-grid] [--no-stability] [--quick]
 """
 from __future__ import annotations
@@ -46,16 +48,17 @@ from examples.e2e import collate
 from gen_optim import GeNAdamW, group_parameters, replay_closure
 from gen_optim.rule import STEP_FORWARDS
 
-from .common import ProbeForwards
+from .common import WARMUP_BEFORE, ProbeForwards
 from .harness import kendall_tau, select_step
 from .stability import held_out_loss, load, model_for
 
 UNLIMITED = 1e9
 
 
-def configs(lrs: list[float], unlimited: bool, grid: bool = True) -> dict[str, dict]:
+def configs(lrs: list[float], unlimited: bool, grid: bool = True, warmup_ablation: bool = False) -> dict[str, dict]:
     """The runs: AdamW 1e-3 (the time reference), the budget from each start, and with ``grid``
-    AdamW 3e-4 and 3e-3 and the fixed ``probe_every=8``; with ``unlimited`` the rule without a budget."""
+    AdamW 3e-4 and 3e-3 and the fixed ``probe_every=8``; with ``unlimited`` the rule without a
+    budget; with ``warmup_ablation`` the budget with ``WARMUP_BEFORE`` warm-up rounds."""
     out = {"adamw 1e-3": dict(lr=1e-3)}
     if grid:
         out |= {"adamw 3e-4": dict(lr=3e-4), "adamw 3e-3": dict(lr=3e-3)}
@@ -63,6 +66,8 @@ def configs(lrs: list[float], unlimited: bool, grid: bool = True) -> dict[str, d
         out[f"budget 0.1 from {lr:g}"] = dict(lr=lr, gen={})
         if unlimited:
             out[f"unlimited from {lr:g}"] = dict(lr=lr, gen=dict(probe_budget=UNLIMITED))
+        if warmup_ablation:
+            out[f"warmup {WARMUP_BEFORE} from {lr:g}"] = dict(lr=lr, gen=dict(warmup=WARMUP_BEFORE))
     if grid:
         out["probe_every 8 from 0.001"] = dict(lr=1e-3, gen=dict(probe_every=8))
     return out
@@ -167,7 +172,7 @@ def sst2_quality(out: Path, seeds: list[int], quick: bool) -> None:
 def stability_task(args: argparse.Namespace) -> None:
     """The stability task's table: cost, held-out loss and the APPI ranking of each config."""
     data = load()
-    todo = configs(args.lrs, args.unlimited, args.grid)
+    todo = configs(args.lrs, args.unlimited, args.grid, args.warmup_ablation)
     results: dict[str, list[dict]] = {name: [] for name in todo}
     for seed in args.seeds:
         for name, config in todo.items():
@@ -218,6 +223,8 @@ def main() -> None:
                         help="also the rule with no budget (the costliest runs)")
     parser.add_argument("--grid", action=argparse.BooleanOptionalAction, default=True,
                         help="also AdamW 3e-4 and 3e-3 and the fixed probe_every=8 (without: the cost of long runs)")
+    parser.add_argument("--warmup_ablation", action="store_true",
+                        help=f"also the budget with warmup={WARMUP_BEFORE} (the earlier default) from each start")
     parser.add_argument("--sst2", action="store_true", help="also the APPI ranking on SST-2 (MiniLM, 2 blocks)")
     parser.add_argument("--sst2_quality", action="store_true",
                         help="also dev accuracy on SST-2 (MiniLM full fine-tuning), budget against unlimited")

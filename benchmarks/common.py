@@ -10,6 +10,8 @@ from torch.nn.modules.module import register_module_forward_hook, register_modul
 from transformers import GPT2Config, GPT2LMHeadModel
 
 VOCAB = 2048
+# the default warm-up before it went to 0 (README, "When to probe: the budget"): the ablations' baseline
+WARMUP_BEFORE = 10
 
 
 def gpt2(layers: int, width: int, seq: int, device: str) -> GPT2LMHeadModel:

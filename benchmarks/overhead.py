@@ -13,17 +13,22 @@ Prints, measured side by side in one run (configurations interleaved, medians of
   included; ``replay_closure``, so probes see each step's batch), alternating, each from the same
   weights over the same ``WHOLE_RUN_BATCHES`` batches in turn, and the probe forwards per step;
   with ``--chunk_ablation``, also GeNAdamW computing directions one tensor per chunk
-  (``probe.PROBE_CHUNK = 1``: the kernel launches of a loop over the tensors).
+  (``probe.PROBE_CHUNK = 1``: the kernel launches of a loop over the tensors); with
+  ``--warmup_ablation``, also GeNAdamW with the earlier default warm-up (``common.WARMUP_BEFORE``
+  rounds after the moments' transient).
 
-    python -m benchmarks.overhead [--device cuda] [--rounds 5] [--whole_run 1000 [--whole_repeats 2] [--chunk_ablation]]
+    python -m benchmarks.overhead [--device cuda] [--rounds 5]
+        [--whole_run 1000 [--whole_repeats 2] [--chunk_ablation] [--warmup_ablation]]
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 
 import torch
-from benchmarks.common import ProbeForwards, batches, gpt2, interleaved_step_times, peak_memory, timed, train_steps
+from benchmarks.common import (WARMUP_BEFORE, ProbeForwards, batches, gpt2, interleaved_step_times, peak_memory, timed,
+                               train_steps)
 
 from gen_optim import GeNAdamW, group_parameters, probe, replay_closure
 from gen_optim.rule import STEP_FORWARDS
@@ -80,6 +85,8 @@ def main():
     parser.add_argument("--whole_run", type=int, default=0, help="also time whole runs of this many steps")
     parser.add_argument("--whole_repeats", type=int, default=2, help="whole runs of each kind, alternating")
     parser.add_argument("--chunk_ablation", action="store_true", help="whole runs also with one tensor per probe chunk")
+    parser.add_argument("--warmup_ablation", action="store_true",
+                        help=f"whole runs also with warmup={WARMUP_BEFORE} (the earlier default)")
     args = parser.parse_args()
     time_steps(args)  # its model and optimizers are gone before memory is measured
     if args.whole_run:
@@ -116,16 +123,27 @@ def time_steps(args):
     print(f"the progress test (every step): GeNAdamW with it / without it {step['gen_probe'] / step['gen_untested']:.3f}")
 
 
+@dataclasses.dataclass(frozen=True)
+class WholeRunVariant:
+    """A GeNAdamW configuration of the whole runs: its probe chunk and its settings."""
+    chunk: int = probe.PROBE_CHUNK
+    settings: dict = dataclasses.field(default_factory=dict)
+
+
 def whole_runs(args):
     """Whole runs from fresh optimizers: AdamW against GeNAdamW at its defaults, alternating."""
     model = gpt2(args.layers, args.width, args.seq, args.device)
     data = batches(WHOLE_RUN_BATCHES, args.batch, args.seq, args.device)
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     probes = ProbeForwards(model)
-    chunk_limits = {"GeNAdamW at its defaults": probe.PROBE_CHUNK}
+    variants = {"GeNAdamW at its defaults": WholeRunVariant()}
     if args.chunk_ablation:
-        chunk_limits["GeNAdamW, one tensor per chunk"] = 1
-    seconds = {"AdamW": []} | {kind: [] for kind in chunk_limits}
+        variants["GeNAdamW, one tensor per chunk"] = WholeRunVariant(chunk=1)
+    if args.warmup_ablation:
+        variants[f"GeNAdamW, warmup={WARMUP_BEFORE} (the earlier default)"] = WholeRunVariant(
+            settings={"warmup": WARMUP_BEFORE})
+    default_chunk = probe.PROBE_CHUNK
+    seconds = {"AdamW": []} | {kind: [] for kind in variants}
     forwards = {}
     for _ in range(args.whole_repeats):
         for kind in seconds:
@@ -134,8 +152,8 @@ def whole_runs(args):
             if kind == "AdamW":
                 opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
             else:
-                opt = GeNAdamW(group_parameters(model), replay_closure(model), lr=1e-4)
-                probe.PROBE_CHUNK = chunk_limits[kind]
+                opt = GeNAdamW(group_parameters(model), replay_closure(model), lr=1e-4, **variants[kind].settings)
+                probe.PROBE_CHUNK = variants[kind].chunk
             probes.count = 0
 
             def run():
@@ -148,11 +166,11 @@ def whole_runs(args):
             forwards[kind] = probes.count
             if kind != "AdamW":
                 opt.closure.hook.remove()
-                probe.PROBE_CHUNK = chunk_limits["GeNAdamW at its defaults"]
+                probe.PROBE_CHUNK = default_chunk
     adamw = statistics.median(seconds["AdamW"])
     print(f"whole runs of {args.whole_run} steps ({args.whole_repeats} of each, alternating; median): AdamW {adamw:.1f} s "
           f"({', '.join(f'{t:.1f}' for t in seconds['AdamW'])})")
-    for kind in chunk_limits:
+    for kind in variants:
         t = statistics.median(seconds[kind])
         print(f"  {kind}: {t:.1f} s ({', '.join(f'{x:.1f}' for x in seconds[kind])}), ratio {t / adamw:.3f} "
               f"(issue 10's target <= 1.15); {forwards[kind] / args.whole_run:.3f} probe forwards per step, "

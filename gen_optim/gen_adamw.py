@@ -10,7 +10,7 @@ of the first ``ceil(1 / (1 - beta1)) + warmup`` steps when ``probe_every`` is gi
    each rate that is too high for one fit to correct: a poor fit (the probes left the
    quadratic regime) divides the rate by 4, a clean convex fit whose *fitted rate* (below)
    lies below ``rate_clip[0]`` times the rate moves it there (by 4x at most), then it
-   probes again (a rate too high does its damage in one step; one too low grows in warm-up);
+   probes again (a rate too high does its damage in one step; one too low grows by the progress test);
 1. for each group k with gradients, the loss is evaluated at ``w - eta_j d_k`` for
    ``eta_j = s_j * lr_k`` (``s_j`` in ``probe_scales``), only group k moved (see ``probe``);
    ``d_k`` is the previous update's AdamW direction, which the current batch never entered
@@ -88,7 +88,7 @@ ADAMW_OPTIONS = dict(amsgrad=False, maximize=False, foreach=None, capturable=Fal
 # GeN's settings: per param group, like AdamW's, so they survive state_dict(), copies and pickles.
 GEN_SETTINGS = dict(
     probe_every=None, probe_budget=0.1, probe_scales=(-2.0, -1.0, 1.0, 2.0), r2_min=0.99, smoothing=0.9,
-    rate_clip=(0.5, 2.0), joint=False, warmup=10, search=6, probe_direction="previous", fit_steps=None,
+    rate_clip=(0.5, 2.0), joint=False, warmup=0, search=6, probe_direction="previous", fit_steps=None,
     progress=True,
 )
 PROBE_DIRECTIONS = ("previous", "current")
@@ -272,7 +272,9 @@ class GeNAdamW(torch.optim.Optimizer):
         joint: scale the rates down when the combined step of all groups passes its optimum.
         warmup: the steps that all probe after the moments' transient (``ceil(1 / (1 - beta1))``
             steps, where no rate grows) with a fixed interval, or each group's most rounds after
-            it before its rate settles (budget); unsmoothed, shrinking uphill rates.
+            it before its rate settles (budget); unsmoothed, shrinking uphill rates. 0 (the
+            default): no warm-up and no transient rounds; the first round's search and the
+            progress test set the early rates (README, "When to probe: the budget").
         search: re-probes per group in its first round's line search (0: none).
         probe_direction: ``"previous"`` (the last update's direction) or ``"current"``.
         fit_steps: the steps an accepted fit's one-step minimum ``A / B`` is spread over: its

@@ -13,7 +13,7 @@ from gen_optim import GeNAdamW, group_parameters, replay_closure
 accelerator = Accelerator(cpu=sys.argv[3] == "cpu")
 model = gpt2(seed=0)
 closure = replay_closure(model, precision=sys.argv[2])
-opt = GeNAdamW(group_parameters(model), closure, lr=3e-3, probe_every=2)
+opt = GeNAdamW(group_parameters(model), closure, lr=3e-3, probe_every=2, warmup=10)
 dtypes = {"training": set(), "probe": set()}
 model.transformer.h[0].mlp.c_fc.register_forward_hook(
     lambda m, a, out: dtypes["probe" if closure.replaying else "training"].add(str(out.dtype)))

@@ -100,7 +100,7 @@ def test_deepcopy_steps_like_the_original(kind):
 def test_pickle_round_trip(kind):
     params = make_params()
     opt = make(kind, params)
-    train(opt, params, 3)
+    train(opt, params, 4)  # step 4 probes (probe_every=2)
     loaded = pickle.loads(pickle.dumps(opt))
     loaded_params = loaded.param_groups[0]["params"]
     if kind == "gen_on":
@@ -263,7 +263,7 @@ def test_torch_compile_of_step(kind):
     for p, q in zip(params, twin):  # compiled AdamW kernels round differently from eager ones, also torch's
         torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-5)  # a step is ~1e-2
     if kind == "gen_on":
-        assert [r["step"] for r in compiled.history] == [r["step"] for r in eager.history] == list(range(6))
+        assert [r["step"] for r in compiled.history] == [r["step"] for r in eager.history] == [0, 2, 4]  # probe_every=2
         assert compiled.state["appi"]["group0"] == pytest.approx(eager.state["appi"]["group0"], rel=1e-3)
 
 
@@ -490,7 +490,7 @@ def test_step_with_torch_style_closure_trains_and_returns_the_loss(kind):
         control.step(torch_style(control, twin))
     assert torch.is_tensor(loss) and loss.requires_grad
     if kind == "gen_on":
-        assert len(opt.history) == 5 and not same(params, make_params())
+        assert [r["step"] for r in opt.history] == [0, 2, 4] and not same(params, make_params())  # probe_every=2
     else:
         assert same(params, twin)
 

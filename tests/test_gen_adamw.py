@@ -73,7 +73,8 @@ EQUIVALENCE = {
     "joint": dict(joint=True),
     "tight rate_clip": dict(rate_clip=(0.8, 1.25)),
     "wide rate_clip, no smoothing": dict(rate_clip=(0.25, 4.0), smoothing=0.0),
-    "no warm-up, no search": dict(warmup=0, search=0),
+    "no search": dict(search=0),
+    "the earlier default warm-up": dict(warmup=10),
     "fit_steps 1 (GeN's A / B), from lr 1.0": dict(fit_steps=1, lr=1.0),
     "fit_steps per group": dict(groups={"others": dict(fit_steps=1), "head": dict(fit_steps=3)}),
     "long warm-up, short search": dict(warmup=6, search=1, lr=1.0),
@@ -83,8 +84,9 @@ EQUIVALENCE = {
     "budget (the default schedule)": dict(probe_every=None, steps=40, progressed=True),
     "budget without the progress test": dict(probe_every=None, steps=40, progress=False),
     "progress test per group": dict(probe_every=None, steps=40, groups={"others": dict(progress=False)}),
-    "from lr 1e-5, where the probes cannot resolve the curvature": dict(probe_every=None, lr=1e-5, steps=40,
+    "from lr 1e-5, where the probes cannot resolve the curvature": dict(probe_every=None, lr=1e-5, steps=40, warmup=10,
                                                                        unresolved=True),
+    "budget with the earlier default warm-up": dict(probe_every=None, warmup=10, steps=40),
     "budget, short warm-up, joint": dict(probe_every=None, probe_budget=0.5, warmup=2, joint=True, steps=40),
     "budget per group beside a fixed interval": dict(
         probe_every=None, steps=40, groups={"others": dict(probe_budget=1.0), "head": dict(probe_every=4),
@@ -215,29 +217,34 @@ def one_step_on(loss, params, **kw):
 def test_first_round_backtracks_a_rate_far_too_high():
     """On a quadratic every fit is clean, so only a fitted rate (A/B over the moments' 10 steps)
     below rate/2 lowers the rate: by 4x per re-probe, then the round sets it to the fitted rate
-    exactly; without the search it only halves."""
+    exactly (in warm-up, unsmoothed); without the search it only halves."""
     torch.manual_seed(0)
     Q = torch.diag(torch.tensor([1.0, 3.0, 10.0], dtype=torch.float64))
     w0 = torch.randn(3, dtype=torch.float64)
     for search in (6, 0):
         w = torch.nn.Parameter(w0.clone())
-        opt = one_step_on(lambda: 0.5 * w @ Q @ w, {"w": w}, lr=300.0, weight_decay=0.0, search=search)
+        opt = one_step_on(lambda: 0.5 * w @ Q @ w, {"w": w}, lr=300.0, weight_decay=0.0, search=search, warmup=10)
         fit = opt.history[0]["groups"]["w"]
         assert fit["r2"] == pytest.approx(1.0)
         optimum = fit["A"] / fit["B"] / moment_steps(0.9)
         assert optimum < 300.0 / 500  # the start is far too high
         assert opt.param_groups[0]["gen_lr"] == pytest.approx(optimum if search else 150.0, rel=1e-9)
+    # at the defaults (no warm-up) the round after the search is smoothed: within 2x of the fitted rate
+    w = torch.nn.Parameter(w0.clone())
+    opt = one_step_on(lambda: 0.5 * w @ Q @ w, {"w": w}, lr=300.0, weight_decay=0.0)
+    assert optimum < opt.param_groups[0]["gen_lr"] < 2 * optimum
 
 
 def test_first_round_backtracks_out_of_a_non_quadratic_region():
     """log cosh is linear far out: probes there fit no parabola, the search divides the rate by 4
-    until they do; without the search the first fit is poor and the rate only halves."""
+    until they do; without the search the first fit is poor and the rate only halves (in warm-up)."""
     torch.manual_seed(0)
     w0 = 3 * torch.randn(8, dtype=torch.float64)
     fits = {}
     for search in (6, 0):
         w = torch.nn.Parameter(w0.clone())
-        opt = one_step_on(lambda: torch.log(torch.cosh(w)).sum(), {"w": w}, lr=10.0, weight_decay=0.0, search=search)
+        opt = one_step_on(lambda: torch.log(torch.cosh(w)).sum(), {"w": w}, lr=10.0, weight_decay=0.0, search=search,
+                          warmup=10)
         fits[search] = opt.history[0]["groups"]["w"]
         fits[search]["gen_lr"] = opt.param_groups[0]["gen_lr"]
     assert fits[0]["r2"] < 0.99 and fits[0]["gen_lr"] == 5.0
@@ -275,7 +282,7 @@ def test_the_moments_transient_holds_rates_then_fits_move_them():
         return F.mse_loss(x @ weight, y)
 
     opt = GeNAdamW([{"params": [weight], "name": "w"}], loss, lr=1e-3, probe_every=1, betas=(0.75, 0.999), search=0,
-                   progress=False)  # the fits alone
+                   warmup=10, progress=False)  # the fits alone, unsmoothed in warm-up
     for _ in range(9):
         opt.zero_grad()
         loss().backward()
@@ -517,10 +524,12 @@ def test_ppi_within_reach_is_the_papers_and_beyond_it_is_capped():
     assert ppi(fit, 10) < 0.05  # not the 1e5 that A^2 / (B |w|) gives
 
 
+@pytest.mark.parametrize("warmup", [0, 3])
 @pytest.mark.parametrize("budget", [0.05, 0.2])
-def test_the_budget_bounds_the_probe_forwards(budget):
-    """Counted closure calls: the whole run spends at most the warm-up's credit, the budget's
-    share of the training steps and one round per group; after warm-up, the budget alone."""
+def test_the_budget_bounds_the_probe_forwards(budget, warmup):
+    """Counted closure calls: the whole run spends at most the warm-up's credit (with no
+    warm-up, the first round's search), the budget's share of the training steps and one round
+    per group; after warm-up, the budget alone."""
     from gen_optim.rule import STEP_FORWARDS, moment_steps
 
     torch.manual_seed(0)
@@ -532,7 +541,7 @@ def test_the_budget_bounds_the_probe_forwards(budget):
         calls[0] += 1
         return F.mse_loss(model(tokens), target)
 
-    warmup, search, scales = 3, 2, (-2.0, -1.0, 1.0, 2.0)
+    search, scales = 2, (-2.0, -1.0, 1.0, 2.0)
     opt = GeNAdamW(group_parameters(model), closure, lr=1e-2, probe_budget=budget, warmup=warmup, search=search)
     groups = len(opt.param_groups)
     spent = []
@@ -541,8 +550,11 @@ def test_the_budget_bounds_the_probe_forwards(budget):
         F.mse_loss(model(tokens), target).backward()
         opt.step()
         spent.append(calls[0])
+        if warmup == 0 and len(spent) == 1:  # no warm-up: every group probed at step 0, settled from then on
+            assert [r["step"] for r in opt.history] == [0] and len(opt.history[0]["groups"]) == groups
+            assert all(g["gen_settled"] for g in opt.param_groups)
     one_round = len(scales) * (search + 1) + search + 1  # a group's probes and L0s in its first round, at most
-    warmup_rounds = moment_steps(0.9) + warmup
+    warmup_rounds = moment_steps(0.9) + warmup if warmup else 0
     assert spent[-1] <= groups * (warmup_rounds + search) * (len(scales) + 1) + budget * STEP_FORWARDS * 400 + groups * one_round
     assert all(g["gen_settled"] for g in opt.param_groups)
     settled_by = 100  # every group has settled by now (warm-up is at most `warmup` rounds of one step)
