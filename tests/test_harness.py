@@ -209,14 +209,15 @@ def table_rows(text):
 
 def test_budget_quick(tmp_path, capsys):
     """The probe budget's benchmark end to end: AdamW probes nothing; the budget's warm-up
-    forwards are part of its probe forwards, and its compute fraction is theirs / 3; on SST-2
+    forwards are part of its probe forwards, and its compute fraction is theirs / 3; the
+    earlier default warm-up (``--warmup_ablation``) spends more before it settles; on SST-2
     the budget and the unlimited rule each train once, resumed from the ledger on a rerun."""
     out = tmp_path / "budget_sst2.jsonl"
-    done = quick_benchmark("budget", "--no-grid", "--sst2_out", str(out))
+    done = quick_benchmark("budget", "--no-grid", "--warmup_ablation", "--sst2_out", str(out))
     stability, _, quality = done.stdout.partition("full fine-tuning, 16 steps")
     rows = table_rows(stability)
     header = rows.pop("config")
-    assert list(rows) == ["adamw 1e-3", "budget 0.1 from 0.001", "unlimited from 0.001"]
+    assert list(rows) == ["adamw 1e-3", "budget 0.1 from 0.001", "unlimited from 0.001", "warmup 10 from 0.001"]
     col = {name: header.index(name) for name in ("probe forwards / step", "compute fraction", "warm-up forwards")}
     adamw, budget = rows["adamw 1e-3"], rows["budget 0.1 from 0.001"]
     assert float(adamw[col["probe forwards / step"]]) == 0.0 and adamw[col["warm-up forwards"]] == ""
@@ -224,6 +225,8 @@ def test_budget_quick(tmp_path, capsys):
     # printed to 2 and 3 decimals: forwards / 3 is off by up to 0.005 / 3, the fraction by 0.0005
     assert float(budget[col["compute fraction"]]) == pytest.approx(forwards / 3, abs=0.005 / 3 + 0.0005 + 1e-9)
     assert 0 < int(budget[col["warm-up forwards"]]) <= forwards * 40 + 0.5  # 40 steps in --quick
+    # the earlier default's warm-up probes every group in each of its first rounds: it costs more
+    assert int(rows["warmup 10 from 0.001"][col["warm-up forwards"]]) > int(budget[col["warm-up forwards"]])
     # the APPI ranking against the unlimited rule's, where Part I selects (step 4 of 40) and at the end
     taus = [float(budget[header.index(name)]) for name in ("APPI tau vs unlimited at step 4", "at the end")]
     assert all(-1.0 <= t <= 1.0 for t in taus)
