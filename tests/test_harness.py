@@ -177,9 +177,9 @@ def test_fit_verdicts_quick():
     header, body = rows[0], rows[1:]
     assert header[1:8] == ["accepted", "unresolved", "climb", "concave", "poor", "flat", "nonfinite"]
     assert {r[0] for r in body} == {"head", "norm", "bias", "embed", "others"}
-    # 12 steps at the defaults (no warm-up): every group is judged in the first round, then in
-    # each round the budget gives it, never twice in a step
-    assert all(1 <= sum(int(x) for x in r[1:8]) <= 12 for r in body)
+    # each of a group's rounds is judged once: the verdicts add up to its rounds (12 steps at the
+    # defaults: the first round, then those the budget gives it)
+    assert all(sum(int(x) for x in r[1:8]) == int(r[10]) and 1 <= int(r[10]) <= 12 for r in body)
     assert all(float(r[8]) >= 0.0 and float(r[9]) > 0.0 for r in body)
     assert "dev accuracy" in done.stdout
 
