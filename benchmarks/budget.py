@@ -8,7 +8,9 @@ after the other for each seed (interleaved, so the machine's load falls on all a
 - the same rule with no budget (``probe_budget=1e9``: every round its schedule wants);
 - the old fixed interval (``probe_every=8``) from 1e-3;
 - with ``--warmup_ablation``, the budget with the earlier default warm-up (``warmup=10``: the moments'
-  transient and 10 more rounds of every group at every step) from each start.
+  transient and 10 more rounds of every group at every step) from each start;
+- with ``--count_ablation``, the budget as a training step was counted before
+  (``common.STEP_FORWARDS_BEFORE`` forwards: the credit of ``common.COUNT_BEFORE``) from each start.
 Prints per config: wall time / AdamW's, probe forwards per training step and the compute
 fraction they stand for (``/ STEP_FORWARDS``), the forwards spent until every group's warm-up
 was over (a fixed cost: the rest grows with the run at ``probe_budget``), held-out loss (mean over seeds) against the
@@ -27,7 +29,7 @@ accuracy and wall time side by side (kept in ``--sst2_out``; a rerun resumes).
 
 ``--no-grid`` runs only AdamW 1e-3 and the budget (the cost of a long run).
 
-    python -m benchmarks.budget [--steps 600] [--seeds 0 1 2] [--lrs 1e-4 1e-3 1e-2] [--all_tokens] [--warmup_ablation] [--sst2]
+    python -m benchmarks.budget [--steps 600] [--seeds 0 1 2] [--lrs 1e-4 1e-3 1e-2] [--all_tokens] [--warmup_ablation] [--count_ablation] [--sst2]
         [--sst2_quality [--sst2_out runs/budget_sst2.jsonl]] [--no-grid] [--no-stability] [--quick]
 """
 from __future__ import annotations
@@ -48,17 +50,19 @@ from examples.e2e import collate
 from gen_optim import GeNAdamW, group_parameters, replay_closure
 from gen_optim.rule import STEP_FORWARDS
 
-from .common import WARMUP_BEFORE, ProbeForwards
+from .common import COUNT_BEFORE, STEP_FORWARDS_BEFORE, WARMUP_BEFORE, ProbeForwards
 from .harness import kendall_tau, select_step
 from .stability import held_out_loss, load, model_for
 
 UNLIMITED = 1e9
 
 
-def configs(lrs: list[float], unlimited: bool, grid: bool = True, warmup_ablation: bool = False) -> dict[str, dict]:
+def configs(lrs: list[float], unlimited: bool, grid: bool = True, warmup_ablation: bool = False,
+            count_ablation: bool = False) -> dict[str, dict]:
     """The runs: AdamW 1e-3 (the time reference), the budget from each start, and with ``grid``
     AdamW 3e-4 and 3e-3 and the fixed ``probe_every=8``; with ``unlimited`` the rule without a
-    budget; with ``warmup_ablation`` the budget with ``WARMUP_BEFORE`` warm-up rounds."""
+    budget; with ``warmup_ablation`` the budget with ``WARMUP_BEFORE`` warm-up rounds; with
+    ``count_ablation`` the budget's credit as a step counted ``STEP_FORWARDS_BEFORE`` forwards."""
     out = {"adamw 1e-3": dict(lr=1e-3)}
     if grid:
         out |= {"adamw 3e-4": dict(lr=3e-4), "adamw 3e-3": dict(lr=3e-3)}
@@ -68,6 +72,8 @@ def configs(lrs: list[float], unlimited: bool, grid: bool = True, warmup_ablatio
             out[f"unlimited from {lr:g}"] = dict(lr=lr, gen=dict(probe_budget=UNLIMITED))
         if warmup_ablation:
             out[f"warmup {WARMUP_BEFORE} from {lr:g}"] = dict(lr=lr, gen=dict(warmup=WARMUP_BEFORE))
+        if count_ablation:
+            out[f"step as {STEP_FORWARDS_BEFORE:g} forwards from {lr:g}"] = dict(lr=lr, gen=COUNT_BEFORE)
     if grid:
         out["probe_every 8 from 0.001"] = dict(lr=1e-3, gen=dict(probe_every=8))
     return out
@@ -172,7 +178,7 @@ def sst2_quality(out: Path, seeds: list[int], quick: bool) -> None:
 def stability_task(args: argparse.Namespace) -> None:
     """The stability task's table: cost, held-out loss and the APPI ranking of each config."""
     data = load()
-    todo = configs(args.lrs, args.unlimited, args.grid, args.warmup_ablation)
+    todo = configs(args.lrs, args.unlimited, args.grid, args.warmup_ablation, args.count_ablation)
     results: dict[str, list[dict]] = {name: [] for name in todo}
     for seed in args.seeds:
         for name, config in todo.items():
@@ -225,6 +231,8 @@ def main() -> None:
                         help="also AdamW 3e-4 and 3e-3 and the fixed probe_every=8 (without: the cost of long runs)")
     parser.add_argument("--warmup_ablation", action="store_true",
                         help=f"also the budget with warmup={WARMUP_BEFORE} (the earlier default) from each start")
+    parser.add_argument("--count_ablation", action="store_true",
+                        help=f"also the budget with a step counted as {STEP_FORWARDS_BEFORE:g} forwards (before) from each start")
     parser.add_argument("--sst2", action="store_true", help="also the APPI ranking on SST-2 (MiniLM, 2 blocks)")
     parser.add_argument("--sst2_quality", action="store_true",
                         help="also dev accuracy on SST-2 (MiniLM full fine-tuning), budget against unlimited")

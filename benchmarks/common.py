@@ -9,9 +9,16 @@ import torch
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from gen_optim.gen_adamw import GEN_SETTINGS
+from gen_optim.rule import STEP_FORWARDS
+
 VOCAB = 2048
 # the default warm-up before it went to 0 (README, "When to probe: the budget"): the ablations' baseline
 WARMUP_BEFORE = 10
+# a training step counted as this many probe forwards before it went to rule.STEP_FORWARDS; the
+# ablations' baseline earns the credit it earned then: the default budget scaled by the ratio
+STEP_FORWARDS_BEFORE = 3.0
+COUNT_BEFORE = dict(probe_budget=GEN_SETTINGS["probe_budget"] * STEP_FORWARDS_BEFORE / STEP_FORWARDS)
 
 
 def gpt2(layers: int, width: int, seq: int, device: str) -> GPT2LMHeadModel:

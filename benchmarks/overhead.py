@@ -6,19 +6,25 @@ Prints, measured side by side in one run (configurations interleaved, medians of
   the progress test; ``gen_untested`` probes without it, and the two are compared)
   1 + n_fwd * F / (P * (F + B)), n_fwd = len(probe_scales) * K + 1 (+1 with the joint
   correction, --joint), F a no-grad forward and F + B a training forward and backward (target: within 10%);
+- ``opt.step()`` alone between rounds: AdamW, and GeNAdamW without and with the progress test
+  (what the test costs, apart from the forwards and backwards that make whole steps noisy);
 - peak memory of each vs AdamW over a probe period after the first step, model included
   (CUDA: max allocated; CPU: sampled peak of the C heap in use, see ``common.HeapPeak``);
 - with ``--whole_run N``: the wall time of whole runs of N steps from fresh optimizers, AdamW
   against GeNAdamW at its defaults (the probe budget, warm-up and the first round's search
   included; ``replay_closure``, so probes see each step's batch), alternating, each from the same
-  weights over the same ``WHOLE_RUN_BATCHES`` batches in turn, and the probe forwards per step;
+  weights over the same ``WHOLE_RUN_BATCHES`` batches in turn, the part of each inside ``opt.step()``
+  (probes and the progress test are; forward and backward are not), and the probe forwards per step;
   with ``--chunk_ablation``, also GeNAdamW computing directions one tensor per chunk
   (``probe.PROBE_CHUNK = 1``: the kernel launches of a loop over the tensors); with
   ``--warmup_ablation``, also GeNAdamW with the earlier default warm-up (``common.WARMUP_BEFORE``
-  rounds after the moments' transient).
+  rounds after the moments' transient); with ``--count_ablation``, also GeNAdamW with the budget's
+  credit as a training step was counted before (``common.STEP_FORWARDS_BEFORE`` forwards).
+
+``--quick``: a 1-layer GPT-2 of width 32, 24-step whole runs, one round (mechanics only, for CI).
 
     python -m benchmarks.overhead [--device cuda] [--rounds 5]
-        [--whole_run 1000 [--whole_repeats 2] [--chunk_ablation] [--warmup_ablation]]
+        [--whole_run 1000 [--whole_repeats 2] [--chunk_ablation] [--warmup_ablation] [--count_ablation]] [--quick]
 """
 from __future__ import annotations
 
@@ -27,8 +33,8 @@ import dataclasses
 import statistics
 
 import torch
-from benchmarks.common import (WARMUP_BEFORE, ProbeForwards, batches, gpt2, interleaved_step_times, peak_memory, timed,
-                               train_steps)
+from benchmarks.common import (COUNT_BEFORE, STEP_FORWARDS_BEFORE, WARMUP_BEFORE, ProbeForwards, batches, gpt2,
+                               interleaved_step_times, peak_memory, timed, train_steps)
 
 from gen_optim import GeNAdamW, group_parameters, probe, replay_closure
 from gen_optim.rule import STEP_FORWARDS
@@ -87,8 +93,15 @@ def main():
     parser.add_argument("--chunk_ablation", action="store_true", help="whole runs also with one tensor per probe chunk")
     parser.add_argument("--warmup_ablation", action="store_true",
                         help=f"whole runs also with warmup={WARMUP_BEFORE} (the earlier default)")
+    parser.add_argument("--count_ablation", action="store_true",
+                        help=f"whole runs also with a step counted as {STEP_FORWARDS_BEFORE:g} forwards (before)")
+    parser.add_argument("--quick", action="store_true", help="a tiny GPT-2, short whole runs: mechanics only")
     args = parser.parse_args()
+    if args.quick:
+        args.layers, args.width, args.seq, args.batch, args.rounds, args.probe_every = 1, 32, 16, 2, 1, 2
+        args.whole_run, args.whole_repeats = 24, 1
     time_steps(args)  # its model and optimizers are gone before memory is measured
+    optimizer_step_times(args)
     if args.whole_run:
         whole_runs(args)
     peak = {k: peak_memory(memory_run(k, args), args.device) for k in KINDS}
@@ -123,6 +136,30 @@ def time_steps(args):
     print(f"the progress test (every step): GeNAdamW with it / without it {step['gen_probe'] / step['gen_untested']:.3f}")
 
 
+def optimizer_step_times(args, steps=50):
+    """``opt.step()`` alone between rounds (one batch's gradients held, no probe due): AdamW,
+    GeNAdamW without the progress test and with it, interleaved, medians of ``args.rounds``."""
+    model = gpt2(args.layers, args.width, args.seq, args.device)
+    data, probe = batches(2, args.batch, args.seq, args.device)
+    kinds = ("adamw", "gen_untested", "gen_probe")
+    optimizers = {k: make_optimizer(k, model, probe, probe_every=10**9) for k in kinds}  # one round, at step 0
+    for opt in optimizers.values():
+        train_steps(model, opt, data, 2)
+    model(input_ids=data, labels=data).loss.backward()  # the gradients every optimizer steps with
+
+    def stepping(opt):
+        return lambda: [opt.step() for _ in range(steps)]
+
+    times = {k: [] for k in kinds}
+    for _ in range(args.rounds):
+        for k, opt in optimizers.items():
+            times[k].append(timed(stepping(opt), args.device) / steps)
+    adamw, untested, tested = (statistics.median(times[k]) for k in kinds)
+    print(f"opt.step() alone between rounds (gradients held; median of {args.rounds} rounds of {steps}): AdamW "
+          f"{1e3 * adamw:.2f} ms, GeNAdamW without the progress test {1e3 * untested:.2f} ms, with it {1e3 * tested:.2f} ms "
+          f"(the test: {(tested - untested) / adamw:.2f} AdamW steps)")
+
+
 @dataclasses.dataclass(frozen=True)
 class WholeRunVariant:
     """A GeNAdamW configuration of the whole runs: its probe chunk and its settings."""
@@ -142,8 +179,12 @@ def whole_runs(args):
     if args.warmup_ablation:
         variants[f"GeNAdamW, warmup={WARMUP_BEFORE} (the earlier default)"] = WholeRunVariant(
             settings={"warmup": WARMUP_BEFORE})
+    if args.count_ablation:
+        variants[f"GeNAdamW, a step counted as {STEP_FORWARDS_BEFORE:g} forwards (before)"] = WholeRunVariant(
+            settings=COUNT_BEFORE)
     default_chunk = probe.PROBE_CHUNK
     seconds = {"AdamW": []} | {kind: [] for kind in variants}
+    in_step = {kind: [] for kind in seconds}  # of each run's time, the part inside opt.step()
     forwards = {}
     for _ in range(args.whole_repeats):
         for kind in seconds:
@@ -155,24 +196,27 @@ def whole_runs(args):
                 opt = GeNAdamW(group_parameters(model), replay_closure(model), lr=1e-4, **variants[kind].settings)
                 probe.PROBE_CHUNK = variants[kind].chunk
             probes.count = 0
+            stepping = [0.0]
 
             def run():
                 for step in range(args.whole_run):
                     batch = data[step % len(data)]
                     opt.zero_grad(set_to_none=True)
                     model(input_ids=batch, labels=batch).loss.backward()
-                    opt.step()
+                    stepping[0] += timed(opt.step, args.device)
             seconds[kind].append(timed(run, args.device))
+            in_step[kind].append(stepping[0])
             forwards[kind] = probes.count
             if kind != "AdamW":
                 opt.closure.hook.remove()
                 probe.PROBE_CHUNK = default_chunk
     adamw = statistics.median(seconds["AdamW"])
     print(f"whole runs of {args.whole_run} steps ({args.whole_repeats} of each, alternating; median): AdamW {adamw:.1f} s "
-          f"({', '.join(f'{t:.1f}' for t in seconds['AdamW'])})")
+          f"({', '.join(f'{t:.1f}' for t in seconds['AdamW'])}; in opt.step() {statistics.median(in_step['AdamW']):.1f} s)")
     for kind in variants:
         t = statistics.median(seconds[kind])
-        print(f"  {kind}: {t:.1f} s ({', '.join(f'{x:.1f}' for x in seconds[kind])}), ratio {t / adamw:.3f} "
+        print(f"  {kind}: {t:.1f} s ({', '.join(f'{x:.1f}' for x in seconds[kind])}; in opt.step() "
+              f"{statistics.median(in_step[kind]):.1f} s), ratio {t / adamw:.3f} "
               f"(issue 10's target <= 1.15); {forwards[kind] / args.whole_run:.3f} probe forwards per step, "
               f"a compute fraction of {forwards[kind] / args.whole_run / STEP_FORWARDS:.3f}")
 

@@ -147,8 +147,8 @@ class GeNAdamWReference(torch.optim.Optimizer):
         with_grads = [(g, [p for p in g["params"] if p.grad is not None]) for g in self.param_groups]
         with_grads = [(g, params) for g, params in with_grads if params and g["gen_lr"] > 0 and g["probe_every"] != 0]
         budgeted = [g for g, _ in with_grads if g["probe_every"] is None]
-        for g in budgeted:  # each step earns the budgeted groups their share of the budget, in forwards
-            g["credit"] += g["probe_budget"] * 3.0 / len(budgeted)
+        for g in budgeted:  # each step earns the budgeted groups their share of the budget, in forwards (a step: 2)
+            g["credit"] += g["probe_budget"] * 2.0 / len(budgeted)
         active = [(g, params) for g, params in with_grads
                   if ((g["credit"] >= -1e-9 and self.t >= g["next"]) if g["probe_every"] is None
                       else (self.t < g["warmup_rounds"] or self.t % g["probe_every"] == 0))]
@@ -205,8 +205,8 @@ class GeNAdamWReference(torch.optim.Optimizer):
                 if group["probe_every"] is None:  # the budget's schedule after this round
                     settled = group["settled"] or group["rounds"] >= group["warmup_rounds"] or (
                         not held and accepted and lo * old <= A / B / group["spread"] <= hi * old)
-                    if settled and not group["settled"]:
-                        group["credit"] = min(group["credit"], 0.0)  # warm-up's unspent credit is dropped
+                    if settled and (not group["settled"] or group["rounds"] == 1):
+                        group["credit"] = min(group["credit"], 0.0)  # warm-up's (or the search's) unspent credit is dropped
                     moved = shrunk or not 1 / 1.05 < group["gen_lr"] / old < 1.05
                     group["interval"] = 1 if not settled or moved else min(2 * group["interval"], 256)
                     group["next"], group["settled"] = self.t + group["interval"], settled

@@ -75,12 +75,13 @@ def adamw_directions(
         if max_exp_avg_sqs is not None:
             max_exp_avg_sqs = torch._foreach_mul(max_exp_avg_sqs, 1.0)
             torch._foreach_maximum_(max_exp_avg_sqs, exp_avg_sqs)
+    # m_hat / (sqrt(v_hat) + eps) = m sqrt(c2) / (c1 (sqrt(v) + eps sqrt(c2))), c the bias corrections:
+    # four passes over the tensors, where dividing by each correction apart took six
+    root_c2 = math.sqrt(1 - beta2**step)
     denom = torch._foreach_sqrt(exp_avg_sqs if max_exp_avg_sqs is None else max_exp_avg_sqs)
-    torch._foreach_div_(denom, math.sqrt(1 - beta2**step))
-    torch._foreach_add_(denom, eps)
-    d = torch._foreach_div(exp_avgs, denom)
-    torch._foreach_div_(d, 1 - beta1**step)
-    torch._foreach_add_(d, params, alpha=weight_decay)
+    torch._foreach_add_(denom, eps * root_c2)
+    d = torch._foreach_mul(params, weight_decay)
+    torch._foreach_addcdiv_(d, exp_avgs, denom, value=root_c2 / (1 - beta1**step))
     return list(d)
 
 

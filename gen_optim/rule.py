@@ -11,7 +11,8 @@ settings (``RateRule``), a ``Fit`` and the group's fitted rate; nothing here tou
   with the credit of its warm-up (``warmup`` rounds and ``search`` re-probes); its warm-up
   lasts until a fit settles its rate (an accepted fit whose fitted rate lies within
   ``rate_clip`` of the rate) or ``warmup`` rounds
-  have run, and the credit warm-up left over is then dropped, so that after warm-up probing
+  have run, and the credit warm-up left over is then dropped (without a warm-up, the default,
+  what the first round and its search left), so that after warm-up probing
   costs at most ``probe_budget`` of the training compute. After warm-up the interval doubles
   while the rate is steady (a round moves it by less than ``STEADY``) and falls back to one
   step when it moves.
@@ -103,7 +104,11 @@ import numpy as np
 from .fit import Fit
 
 SEARCH_STEP = 4.0  # the most one line-search probe lowers a rate
-STEP_FORWARDS = 3.0  # a training step's cost in no-grad forwards of its batch (backward ~ 2 forwards)
+# a training step's cost in no-grad forwards of its batch, counted low so that probing stays within
+# its budget where the backward is cheap: measured 2.1 on the CPU (GPT-2, 2 layers) and 2.6 to 3.6
+# on an H200 (6 layers) in benchmarks/overhead.py; it was 3 (a backward as two forwards), under which
+# the budget's 10% of forwards cost up to 15% of the CPU's step time
+STEP_FORWARDS = 2.0
 STEADY = 1.05  # a round that moves a rate by less than this factor (either way) leaves it steady
 MAX_INTERVAL = 256  # the longest a steady group's interval grows, in steps
 CREDIT_SLACK = 1e-9  # forwards: credit this close below 0 counts as 0 (the sums of shares round)
@@ -312,7 +317,9 @@ class RateRule:
         lo, hi = self.rate_clip
         settled = schedule.settled or rounds >= self.warmup_rounds or (
             not held and decision.accepted and lo * old_rate <= self.fitted(fit) <= hi * old_rate)
-        credit = min(schedule.credit, 0.0) if settled and not schedule.settled else schedule.credit
+        # the warm-up is over (without one: the first round, which held the search): its unspent credit goes
+        over = settled and (not schedule.settled or rounds == 1)
+        credit = min(schedule.credit, 0.0) if over else schedule.credit
         moved = decision.action is Action.SHRINK or not (1 / STEADY < decision.rate / old_rate < STEADY)
         interval = 1 if not settled or moved else min(2 * schedule.interval, MAX_INTERVAL)
         return Schedule(credit, step + interval, interval, settled)

@@ -1,4 +1,5 @@
 """The rate rule, case by case: a table of fits, rates and steps, and what each must do."""
+import dataclasses
 import math
 
 import numpy as np
@@ -232,6 +233,17 @@ def test_after_round(name):
     descent = 3.0 if fit.A > 0 else -3.0  # descending lately, or climbing lately
     decision = BUDGET.decide(fit, 1e-2, Standing(BUDGET.warming(10, before), descent=descent))
     assert BUDGET.after_round(before, 10, rounds, fit, decision, 1e-2) == after
+
+
+def test_without_warm_up_the_first_round_drops_the_search_credit():
+    """With ``warmup=0`` a group is settled from the start, with the search's credit; what its
+    first round left of it is dropped after that round; later rounds keep their credit."""
+    rule = dataclasses.replace(BUDGET, warmup=0)
+    assert rule.first_schedule() == Schedule(6 * 5.0, 0, 1, True)
+    decision = rule.decide(FIT_HERE, 1e-2, Standing(rule.warming(0, rule.first_schedule()), descent=3.0))
+    assert rule.after_round(Schedule(18.0, 0, 1, True), 0, 1, FIT_HERE, decision, 1e-2) == Schedule(0.0, 2, 2, True)
+    assert rule.after_round(Schedule(-4.0, 0, 1, True), 0, 1, FIT_HERE, decision, 1e-2).credit == -4.0  # debt is kept
+    assert rule.after_round(Schedule(18.0, 0, 2, True), 5, 2, FIT_HERE, decision, 1e-2) == Schedule(18.0, 9, 4, True)
 
 
 def test_held_rounds_do_not_settle_the_warm_up():
