@@ -205,8 +205,8 @@ class GeNAdamWReference(torch.optim.Optimizer):
                 if group["probe_every"] is None:  # the budget's schedule after this round
                     settled = group["settled"] or group["rounds"] >= group["warmup_rounds"] or (
                         not held and accepted and lo * old <= A / B / group["spread"] <= hi * old)
-                    if settled and (not group["settled"] or group["rounds"] == 1):
-                        group["credit"] = min(group["credit"], 0.0)  # warm-up's (or the search's) unspent credit is dropped
+                    if settled and not group["settled"]:
+                        group["credit"] = min(group["credit"], 0.0)  # warm-up's unspent credit is dropped
                     moved = shrunk or not 1 / 1.05 < group["gen_lr"] / old < 1.05
                     group["interval"] = 1 if not settled or moved else min(2 * group["interval"], 256)
                     group["next"], group["settled"] = self.t + group["interval"], settled

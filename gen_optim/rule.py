@@ -11,9 +11,9 @@ settings (``RateRule``), a ``Fit`` and the group's fitted rate; nothing here tou
   with the credit of its warm-up (``warmup`` rounds and ``search`` re-probes); its warm-up
   lasts until a fit settles its rate (an accepted fit whose fitted rate lies within
   ``rate_clip`` of the rate) or ``warmup`` rounds
-  have run, and the credit warm-up left over is then dropped (without a warm-up, the default,
-  what the first round and its search left), so that after warm-up probing
-  costs at most ``probe_budget`` of the training compute. After warm-up the interval doubles
+  have run, and the credit warm-up left over is then dropped, so that after warm-up probing
+  costs at most ``probe_budget`` of the training compute. Without a warm-up (the default) a
+  group spends what its first round's search left of that credit on its next rounds. After warm-up the interval doubles
   while the rate is steady (a round moves it by less than ``STEADY``) and falls back to one
   step when it moves.
 - ``judge``: a fit may set the rate only when it is finite, not flat, a descent direction
@@ -317,9 +317,9 @@ class RateRule:
         lo, hi = self.rate_clip
         settled = schedule.settled or rounds >= self.warmup_rounds or (
             not held and decision.accepted and lo * old_rate <= self.fitted(fit) <= hi * old_rate)
-        # the warm-up is over (without one: the first round, which held the search): its unspent credit goes
-        over = settled and (not schedule.settled or rounds == 1)
-        credit = min(schedule.credit, 0.0) if over else schedule.credit
+        # warm-up's unspent credit goes when it ends; without a warm-up the search's pays for the first rounds
+        # (dropping it after the first round cost APPI's ranking where Part I selects: benchmarks/RESULTS.md)
+        credit = min(schedule.credit, 0.0) if settled and not schedule.settled else schedule.credit
         moved = decision.action is Action.SHRINK or not (1 / STEADY < decision.rate / old_rate < STEADY)
         interval = 1 if not settled or moved else min(2 * schedule.interval, MAX_INTERVAL)
         return Schedule(credit, step + interval, interval, settled)

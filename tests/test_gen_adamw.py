@@ -529,8 +529,7 @@ def test_ppi_within_reach_is_the_papers_and_beyond_it_is_capped():
 def test_the_budget_bounds_the_probe_forwards(budget, warmup):
     """Counted closure calls: the whole run spends at most the warm-up's credit (with no
     warm-up, the first round's search), the budget's share of the training steps and one round
-    per group; after warm-up, the budget alone. With no warm-up, what the first round's search
-    left is dropped after it: from step 1 on, the budget alone."""
+    per group; after warm-up, the budget alone."""
     from gen_optim.rule import STEP_FORWARDS, moment_steps
 
     torch.manual_seed(0)
@@ -554,9 +553,6 @@ def test_the_budget_bounds_the_probe_forwards(budget, warmup):
         if warmup == 0 and len(spent) == 1:  # no warm-up: every group probed at step 0, settled from then on
             assert [r["step"] for r in opt.history] == [0] and len(opt.history[0]["groups"]) == groups
             assert all(g["gen_settled"] for g in opt.param_groups)
-            assert all(g["gen_credit"] <= 0 for g in opt.param_groups)  # the search's unspent credit is gone
-    if warmup == 0:
-        assert spent[-1] - spent[0] <= budget * STEP_FORWARDS * 399 + groups * (len(scales) + 1)
     one_round = len(scales) * (search + 1) + search + 1  # a group's probes and L0s in its first round, at most
     warmup_rounds = moment_steps(0.9) + warmup if warmup else 0
     assert spent[-1] <= groups * (warmup_rounds + search) * (len(scales) + 1) + budget * STEP_FORWARDS * 400 + groups * one_round
