@@ -14,7 +14,8 @@ Prints, measured side by side in one run (configurations interleaved, medians of
   against GeNAdamW at its defaults (the probe budget, warm-up and the first round's search
   included; ``replay_closure``, so probes see each step's batch), alternating, each from the same
   weights over the same ``WHOLE_RUN_BATCHES`` batches in turn, the part of each inside ``opt.step()``
-  (probes and the progress test are; forward and backward are not), and the probe forwards per step;
+  (probes and the progress test are; forward and backward are not; on CUDA timing it synchronises
+  every step, AdamW's and GeNAdamW's alike), and the probe forwards per step;
   with ``--chunk_ablation``, also GeNAdamW computing directions one tensor per chunk
   (``probe.PROBE_CHUNK = 1``: the kernel launches of a loop over the tensors); with
   ``--warmup_ablation``, also GeNAdamW with the earlier default warm-up (``common.WARMUP_BEFORE``
