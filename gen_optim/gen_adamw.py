@@ -22,7 +22,8 @@ of the first ``ceil(1 / (1 - beta1)) + warmup`` steps when ``probe_every`` is gi
    moment carries a direction into (clipped to ``rate_clip`` times the current rate, then
    smoothed: ``lr <- smoothing lr + (1 - smoothing) target``, with no smoothing during
    warm-up) and ``PPI_k`` (``fit.ppi``: ``A^2 / (B |w_k|)``, capped at the farthest probed
-   step) is added to ``APPI_k``. A fit may *raise* a rate only once AdamW's moments are past
+   step) times the steps since the group's previous round (``RateRule.span``: APPI estimates
+   the sum of PPI over every step, whatever the schedule) is added to ``APPI_k``. A fit may *raise* a rate only once AdamW's moments are past
    their transient (``M`` steps) and the group's *descent tally* (its recent clean fits that
    descended, minus those that climbed) is clearly positive; else it holds the rate. A clean
    climb (``A <= 0``) that *overshoots* (its parabola's minimum lies behind, within the probes)
@@ -81,6 +82,7 @@ from .probe import (
 )
 from .rule import Progress, RateRule, Schedule, Standing, Verdict
 
+NEVER_PROBED = -1  # a group's ``gen_probed_at`` before its first round: that round's span counts from step 0
 HISTORY_ROUNDS = 256  # probe records kept in the state; older ones are thinned to every other one
 COSINE_DTYPE = torch.float32  # the progress test sums each tensor's terms in this dtype, or in the tensor's own if wider
 
@@ -188,6 +190,13 @@ def _thin(log: dict[str, Any]) -> None:
         log["history"], log["stride"] = log["history"][::2], 2 * log["stride"]
 
 
+def _last_probed(log: dict[str, Any], name: str) -> int:
+    """The step of group ``name``'s last round in the record ``log`` (a checkpoint from before
+    ``gen_probed_at``), or ``NEVER_PROBED``."""
+    records = ([log["last_round"]] if log["last_round"] else []) + log["history"][::-1]
+    return next((int(r["step"]) for r in records if name in r["groups"]), NEVER_PROBED)
+
+
 def _log_from_0_1_0(state: dict[Any, Any]) -> dict[str, Any]:
     """``state["gen"]`` from a 0.1.0 checkpoint, which kept ``step``, ``ppi`` and ``mask`` in the state."""
     log = _fresh_log()
@@ -290,7 +299,8 @@ class GeNAdamW(torch.optim.Optimizer):
             (``differentiable`` only with ``probe_every=0``).
 
     State: ``state[p]`` holds AdamW's tensors for each parameter, ``state["appi"]`` maps group
-    name -> accumulated PPI, and ``state["gen"]`` the step count, the last proposed mask and a
+    name -> accumulated PPI (each round's PPI times the steps since the group's previous round,
+    ``RateRule.span``), and ``state["gen"]`` the step count, the last proposed mask and a
     bounded history of probe rounds (``opt.history``). All survive ``state_dict()``.
     """
 
@@ -359,6 +369,7 @@ class GeNAdamW(torch.optim.Optimizer):
         group.setdefault("gen_base_lr", float(group["lr"]))
         group.setdefault("gen_rounds", 0)
         group.setdefault("gen_descent", 0.0)
+        group.setdefault("gen_probed_at", NEVER_PROBED)
         Progress().store(group)
         RateRule.of(group).first_schedule().store(group)
         self.state.setdefault("appi", {})[name] = 0.0
@@ -395,6 +406,7 @@ class GeNAdamW(torch.optim.Optimizer):
             group.setdefault("gen_base_lr", float(group["lr"]))
             group.setdefault("gen_rounds", sum(group["name"] in r["groups"] for r in self.state["gen"]["history"]))
             group.setdefault("gen_descent", 0.0)
+            group.setdefault("gen_probed_at", _last_probed(self.state["gen"], group["name"]))
             if any(k not in group for k in Progress.KEYS):  # from before the progress test: it starts afresh
                 Progress().store(group)
             if any(k not in group for k in Schedule.KEYS):  # from 0.1.0 or AdamW: warm-up only if not done
@@ -662,7 +674,10 @@ class GeNAdamW(torch.optim.Optimizer):
             credited = rule.credited(fit, decision.verdict)
             if credited is not None:
                 entry["ppi"] = ppi(credited, sum(real_numel(p) for p in group["params"]))
-                self.state["appi"][group["name"]] += entry["ppi"]
+            entry["span"] = rule.span(step, group["gen_probed_at"])
+            self.state["appi"][group["name"]] += entry["span"] * entry["ppi"]
+            entry["appi"] = self.state["appi"][group["name"]]
+            group["gen_probed_at"] = step
             old_rate, group["gen_lr"] = group["gen_lr"], decision.rate
             group["gen_rounds"] += 1
             if rule.budgeted:

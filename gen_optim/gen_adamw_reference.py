@@ -42,6 +42,7 @@ class GeNAdamWReference(torch.optim.Optimizer):
             # the budget's schedule: forwards it may spend, when it is next due, how often, warm-up over
             group["credit"] = (group["warmup_rounds"] + group["search"]) * (len(group["probe_scales"]) + 1.0)
             group["next"], group["interval"], group["settled"] = 0, 1, group["warmup"] == 0
+            group["probed_at"] = -1  # the step of its last round: a round's PPI counts for the steps since
             self.appi[group["name"]] = 0.0
 
     def direction(self, group, p, with_grad=True):
@@ -168,6 +169,7 @@ class GeNAdamWReference(torch.optim.Optimizer):
                 old = group["gen_lr"]
                 fit = self.fit(group, params, loss0)
                 fits[group["name"]] = 0.0 if fit is None else fit[0]
+                span, group["probed_at"] = self.t - group["probed_at"], self.t
                 A, B, r2, uphill, B_se = (0.0, 0.0, 0.0, False, 0.0) if fit is None else fit
                 clean = fit is not None and np.isfinite([A, B, r2]).all() and r2 >= group["r2_min"]
                 if clean and not held:
@@ -180,13 +182,13 @@ class GeNAdamWReference(torch.optim.Optimizer):
                     # curvature the probes can't rule out; that may raise the rate, never lower it
                     steepest = max(B, 0.0) + 2 * B_se
                     step = min(A / steepest, max(group["probe_scales"]) * old)  # the least reduction it allows
-                    self.appi[group["name"]] += 2 * (A * step - steepest * step**2 / 2) / sum(p.numel() for p in group["params"])
+                    self.appi[group["name"]] += span * 2 * (A * step - steepest * step**2 / 2) / sum(p.numel() for p in group["params"])
                     bound = A / steepest / group["spread"]
                     if bound > old and not (held or group["descent"] < (1 / (1 - 0.9**2)) ** 0.5):
                         group["gen_lr"] = smoothing * old + (1 - smoothing) * min(bound, hi * old)
                 elif accepted:
                     step = min(A / B, max(group["probe_scales"]) * old)  # the parabola's minimum, or the farthest probe
-                    self.appi[group["name"]] += 2 * (A * step - B * step**2 / 2) / sum(p.numel() for p in group["params"])
+                    self.appi[group["name"]] += span * 2 * (A * step - B * step**2 / 2) / sum(p.numel() for p in group["params"])
                     # the parabola's minimum, spread over the steps the first moment carries d into
                     target = min(max(A / B / group["spread"], lo * group["gen_lr"]), hi * group["gen_lr"])
                     group["gen_lr"] = smoothing * group["gen_lr"] + (1 - smoothing) * target

@@ -82,16 +82,30 @@ def ppi_heatmap(history: list[dict[str, Any]], path: str | Path, reference: str 
     plt.close(fig)
 
 
+def appi_series(history: list[dict[str, Any]], name: str) -> tuple[list[int], list[float]]:
+    """The steps of group ``name``'s rounds and its APPI after each, as each record keeps it (a
+    thinned history loses no APPI); records of earlier versions kept none, and their APPI is the
+    running sum of their PPI."""
+    steps, appi, total = [], [], 0.0
+    for record in history:
+        entry = record["groups"].get(name)
+        if entry is not None:
+            total = entry["appi"] if "appi" in entry else total + entry["ppi"]
+            steps.append(record["step"])
+            appi.append(total)
+    return steps, appi
+
+
 def appi_curves(history: list[dict[str, Any]], path: str | Path) -> None:
     """APPI (accumulated PPI) of each group over the probe rounds."""
     plt = _pyplot()
-    names, steps, ppi = ppi_matrix(history)
+    names = list(dict.fromkeys(name for record in history for name in record["groups"]))
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, row in zip(names, ppi):
-        ax.plot(steps, np.cumsum(np.nan_to_num(row)), marker=".", label=name)
+    for name in names:
+        ax.plot(*appi_series(history, name), marker=".", label=name)
     ax.set_yscale("symlog", linthresh=1e-12)
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("APPI (sum of accepted PPI)")
+    ax.set_ylabel("APPI (PPI x steps since the group's last round)")
     ax.set_title("Accumulated per-parameter influence")
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -547,6 +547,7 @@ def test_checkpoint_saved_by_0_1_0_loads():
     assert all(isinstance(s, dict) for s in opt.state.values())
     assert [g["gen_lr"] for g in opt.param_groups] == [g["gen_lr"] for g in saved["optimizer"]["param_groups"]]
     assert all(g["gen_rounds"] == 4 for g in opt.param_groups)  # searched already: no second search
+    assert all(g["gen_probed_at"] == old["ppi"][-1]["step"] for g in opt.param_groups)  # the next span counts from it
     assert opt.freeze().active == tuple(old["mask"]["active"])
     for _ in range(2):
         opt.zero_grad()

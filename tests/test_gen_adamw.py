@@ -524,6 +524,47 @@ def test_ppi_within_reach_is_the_papers_and_beyond_it_is_capped():
     assert ppi(fit, 10) < 0.05  # not the 1e5 that A^2 / (B |w|) gives
 
 
+def test_appi_counts_each_rounds_ppi_for_the_steps_since_the_groups_previous_round():
+    """With the rates pinned (the same AdamW trajectory whatever the schedule), probing every
+    4th step credits each round's PPI 4 times (the first round once): brute force from the
+    PPI of every step, which a run probing at each step records."""
+    pinned = dict(lr=1e-2, rate_clip=(1.0, 1.0), search=0, progress=False, r2_min=0.0)
+    runs = {}
+    for every in (1, 4):
+        torch.manual_seed(0)
+        model = Net()
+        opt = GeNAdamW(group_parameters(model), mse_closure(model), probe_every=every, **pinned)
+        train(model, opt, 24)
+        runs[every] = (model, opt)
+    (model_1, opt_1), (model_4, opt_4) = runs[1], runs[4]
+    for a, b in zip(model_1.parameters(), model_4.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)  # the same trajectory: probes move nothing
+    every_step = {r["step"]: r["groups"] for r in opt_1.history}
+    assert sorted(every_step) == list(range(24)) and all(e["span"] == 1 for g in every_step.values() for e in g.values())
+    for name in opt_4.state["appi"]:
+        expected = every_step[0][name]["ppi"] + sum(4 * every_step[t][name]["ppi"] for t in range(4, 24, 4))
+        assert opt_4.state["appi"][name] == pytest.approx(expected, rel=1e-6)
+        assert opt_1.state["appi"][name] == pytest.approx(sum(every_step[t][name]["ppi"] for t in range(24)), rel=1e-9)
+        assert [r["groups"][name]["span"] for r in opt_4.history] == [1, 4, 4, 4, 4, 4]
+    assert any(v > 0 for v in opt_4.state["appi"].values())
+
+
+def test_under_the_budget_appi_sums_ppi_over_every_step_up_to_each_groups_last_round():
+    """Each group's rounds under the budget follow its own schedule; their spans add up to the
+    steps up to its last round, and its APPI (also kept in each record) to their sum."""
+    torch.manual_seed(0)
+    model = Net()
+    opt = GeNAdamW(group_parameters(model), mse_closure(model), lr=1e-2)
+    train(model, opt, 80)
+    rounds = {name: [(r["step"], r["groups"][name]) for r in opt.history if name in r["groups"]] for name in opt.state["appi"]}
+    assert len({len(v) for v in rounds.values()}) > 1  # the groups were probed unequally often
+    for group in opt.param_groups:
+        entries = rounds[group["name"]]
+        assert sum(e["span"] for _, e in entries) == entries[-1][0] + 1 == group["gen_probed_at"] + 1
+        assert opt.state["appi"][group["name"]] == pytest.approx(sum(e["span"] * e["ppi"] for _, e in entries), rel=1e-12)
+        assert entries[-1][1]["appi"] == opt.state["appi"][group["name"]]
+
+
 @pytest.mark.parametrize("warmup", [0, 3])
 @pytest.mark.parametrize("budget", [0.05, 0.2])
 def test_the_budget_bounds_the_probe_forwards(budget, warmup):
