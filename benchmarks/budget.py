@@ -4,13 +4,14 @@ The stability task (``benchmarks.stability``: a 2-layer GPT-2 with LoRA on E2E, 
 batch 16) for ``--steps`` steps, warm-up and the first round's search included, one config
 after the other for each seed (interleaved, so the machine's load falls on all alike):
 - AdamW 1e-3 (the time reference), 3e-4 and 3e-3 (the stable-rates goal: within 2% of the best);
-- GeNAdamW at its defaults (``probe_budget=0.1``) from each ``--lrs`` start;
+- GeNAdamW at its defaults (``probe_budget=0.05``) from each ``--lrs`` start;
 - the same rule with no budget (``probe_budget=1e9``: every round its schedule wants);
 - the old fixed interval (``probe_every=8``) from 1e-3;
 - with ``--warmup_ablation``, the budget with the earlier default warm-up (``warmup=10``: the moments'
   transient and 10 more rounds of every group at every step) from each start;
 - with ``--count_ablation``, the budget as a training step was counted before
-  (``common.STEP_FORWARDS_BEFORE`` forwards: the credit of ``common.COUNT_BEFORE``) from each start.
+  (``common.STEP_FORWARDS_BEFORE`` forwards: the credit of ``common.COUNT_BEFORE``) from each start;
+- with ``--budget_ablation``, the earlier default budget (``common.BUDGET_BEFORE``) from each start.
 Prints per config: wall time / AdamW's, probe forwards per training step and the compute
 fraction they stand for (``/ STEP_FORWARDS``), the forwards spent until every group's warm-up
 was over (a fixed cost: the rest grows with the run at ``probe_budget``), held-out loss (mean over seeds) against the
@@ -29,7 +30,7 @@ accuracy and wall time side by side (kept in ``--sst2_out``; a rerun resumes).
 
 ``--no-grid`` runs only AdamW 1e-3 and the budget (the cost of a long run).
 
-    python -m benchmarks.budget [--steps 600] [--seeds 0 1 2] [--lrs 1e-4 1e-3 1e-2] [--all_tokens] [--warmup_ablation] [--count_ablation] [--sst2]
+    python -m benchmarks.budget [--steps 600] [--seeds 0 1 2] [--lrs 1e-4 1e-3 1e-2] [--all_tokens] [--warmup_ablation] [--count_ablation] [--budget_ablation] [--sst2]
         [--sst2_quality [--sst2_out runs/budget_sst2.jsonl]] [--no-grid] [--no-stability] [--quick]
 """
 from __future__ import annotations
@@ -48,32 +49,37 @@ import torch
 
 from examples.e2e import collate
 from gen_optim import GeNAdamW, group_parameters, replay_closure
+from gen_optim.gen_adamw import GEN_SETTINGS
 from gen_optim.rule import STEP_FORWARDS
 
-from .common import COUNT_BEFORE, STEP_FORWARDS_BEFORE, WARMUP_BEFORE, ProbeForwards
+from .common import BUDGET_BEFORE, COUNT_BEFORE, STEP_FORWARDS_BEFORE, WARMUP_BEFORE, ProbeForwards
 from .harness import kendall_tau, select_step
 from .stability import held_out_loss, load, model_for
 
 UNLIMITED = 1e9
+BUDGET = f"budget {GEN_SETTINGS['probe_budget']:g}"  # the defaults' rows
 
 
 def configs(lrs: list[float], unlimited: bool, grid: bool = True, warmup_ablation: bool = False,
-            count_ablation: bool = False) -> dict[str, dict]:
+            count_ablation: bool = False, budget_ablation: bool = False) -> dict[str, dict]:
     """The runs: AdamW 1e-3 (the time reference), the budget from each start, and with ``grid``
     AdamW 3e-4 and 3e-3 and the fixed ``probe_every=8``; with ``unlimited`` the rule without a
     budget; with ``warmup_ablation`` the budget with ``WARMUP_BEFORE`` warm-up rounds; with
-    ``count_ablation`` the budget's credit as a step counted ``STEP_FORWARDS_BEFORE`` forwards."""
+    ``count_ablation`` the budget's credit as a step counted ``STEP_FORWARDS_BEFORE`` forwards; with
+    ``budget_ablation`` the budget ``BUDGET_BEFORE``."""
     out = {"adamw 1e-3": dict(lr=1e-3)}
     if grid:
         out |= {"adamw 3e-4": dict(lr=3e-4), "adamw 3e-3": dict(lr=3e-3)}
     for lr in lrs:
-        out[f"budget 0.1 from {lr:g}"] = dict(lr=lr, gen={})
+        out[f"{BUDGET} from {lr:g}"] = dict(lr=lr, gen={})
         if unlimited:
             out[f"unlimited from {lr:g}"] = dict(lr=lr, gen=dict(probe_budget=UNLIMITED))
         if warmup_ablation:
             out[f"warmup {WARMUP_BEFORE} from {lr:g}"] = dict(lr=lr, gen=dict(warmup=WARMUP_BEFORE))
         if count_ablation:
             out[f"step as {STEP_FORWARDS_BEFORE:g} forwards from {lr:g}"] = dict(lr=lr, gen=COUNT_BEFORE)
+        if budget_ablation:
+            out[f"budget {BUDGET_BEFORE['probe_budget']:g} (before) from {lr:g}"] = dict(lr=lr, gen=BUDGET_BEFORE)
     if grid:
         out["probe_every 8 from 0.001"] = dict(lr=1e-3, gen=dict(probe_every=8))
     return out
@@ -128,7 +134,7 @@ def sst2_taus(steps: int, seeds: list[int], quick: bool) -> None:
         files = [DATA / "sst2_train.tsv", DATA / "sst2_dev.tsv"]
     task = SST2(*files, quick)
     print(f"\nSST-2, {'tiny random BERT' if quick else 'all-MiniLM-L6-v2 cut to 2 blocks'}, LoRA + everything, "
-          f"GeNAdamW from 1e-4, {steps} steps: APPI ranking, budget 0.1 against unlimited")
+          f"GeNAdamW from 1e-4, {steps} steps: APPI ranking, {BUDGET} against unlimited")
     at = select_step(steps)
     unlimited_runs = []
     for seed in seeds:
@@ -178,7 +184,7 @@ def sst2_quality(out: Path, seeds: list[int], quick: bool) -> None:
 def stability_task(args: argparse.Namespace) -> None:
     """The stability task's table: cost, held-out loss and the APPI ranking of each config."""
     data = load()
-    todo = configs(args.lrs, args.unlimited, args.grid, args.warmup_ablation, args.count_ablation)
+    todo = configs(args.lrs, args.unlimited, args.grid, args.warmup_ablation, args.count_ablation, args.budget_ablation)
     results: dict[str, list[dict]] = {name: [] for name in todo}
     for seed in args.seeds:
         for name, config in todo.items():
@@ -233,6 +239,8 @@ def main() -> None:
                         help=f"also the budget with warmup={WARMUP_BEFORE} (the earlier default) from each start")
     parser.add_argument("--count_ablation", action="store_true",
                         help=f"also the budget with a step counted as {STEP_FORWARDS_BEFORE:g} forwards (before) from each start")
+    parser.add_argument("--budget_ablation", action="store_true",
+                        help=f"also the earlier default budget {BUDGET_BEFORE['probe_budget']:g} from each start")
     parser.add_argument("--sst2", action="store_true", help="also the APPI ranking on SST-2 (MiniLM, 2 blocks)")
     parser.add_argument("--sst2_quality", action="store_true",
                         help="also dev accuracy on SST-2 (MiniLM full fine-tuning), budget against unlimited")

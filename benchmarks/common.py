@@ -16,9 +16,11 @@ VOCAB = 2048
 # the default warm-up before it went to 0 (README, "When to probe: the budget"): the ablations' baseline
 WARMUP_BEFORE = 10
 # a training step counted as this many probe forwards before it went to rule.STEP_FORWARDS; the
-# ablations' baseline earns the credit it earned then: the default budget scaled by the ratio
+# ablation runs the default budget with the credit that count gave it: the budget scaled by the ratio
 STEP_FORWARDS_BEFORE = 3.0
 COUNT_BEFORE = dict(probe_budget=GEN_SETTINGS["probe_budget"] * STEP_FORWARDS_BEFORE / STEP_FORWARDS)
+# the default probe budget before it went to GEN_SETTINGS["probe_budget"] (README, "When to probe: the budget")
+BUDGET_BEFORE = dict(probe_budget=0.1)
 
 
 def gpt2(layers: int, width: int, seq: int, device: str) -> GPT2LMHeadModel:

@@ -20,12 +20,13 @@ Prints, measured side by side in one run (configurations interleaved, medians of
   (``probe.PROBE_CHUNK = 1``: the kernel launches of a loop over the tensors); with
   ``--warmup_ablation``, also GeNAdamW with the earlier default warm-up (``common.WARMUP_BEFORE``
   rounds after the moments' transient); with ``--count_ablation``, also GeNAdamW with the budget's
-  credit as a training step was counted before (``common.STEP_FORWARDS_BEFORE`` forwards).
+  credit as a training step was counted before (``common.STEP_FORWARDS_BEFORE`` forwards); with
+  ``--budget_ablation``, also GeNAdamW with the earlier default budget (``common.BUDGET_BEFORE``).
 
 ``--quick``: a 1-layer GPT-2 of width 32, 24-step whole runs, one round (mechanics only, for CI).
 
     python -m benchmarks.overhead [--device cuda] [--rounds 5]
-        [--whole_run 1000 [--whole_repeats 2] [--chunk_ablation] [--warmup_ablation] [--count_ablation]] [--quick]
+        [--whole_run 1000 [--whole_repeats 2] [--chunk_ablation] [--warmup_ablation] [--count_ablation] [--budget_ablation]] [--quick]
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ import dataclasses
 import statistics
 
 import torch
-from benchmarks.common import (COUNT_BEFORE, STEP_FORWARDS_BEFORE, WARMUP_BEFORE, ProbeForwards, batches, gpt2,
+from benchmarks.common import (BUDGET_BEFORE, COUNT_BEFORE, STEP_FORWARDS_BEFORE, WARMUP_BEFORE, ProbeForwards, batches, gpt2,
                                interleaved_step_times, peak_memory, timed, train_steps)
 
 from gen_optim import GeNAdamW, group_parameters, probe, replay_closure
@@ -96,6 +97,8 @@ def main():
                         help=f"whole runs also with warmup={WARMUP_BEFORE} (the earlier default)")
     parser.add_argument("--count_ablation", action="store_true",
                         help=f"whole runs also with a step counted as {STEP_FORWARDS_BEFORE:g} forwards (before)")
+    parser.add_argument("--budget_ablation", action="store_true",
+                        help=f"whole runs also with probe_budget={BUDGET_BEFORE['probe_budget']:g} (the earlier default)")
     parser.add_argument("--quick", action="store_true", help="a tiny GPT-2, short whole runs: mechanics only")
     args = parser.parse_args()
     if args.quick:
@@ -183,6 +186,9 @@ def whole_runs(args):
     if args.count_ablation:
         variants[f"GeNAdamW, a step counted as {STEP_FORWARDS_BEFORE:g} forwards (before)"] = WholeRunVariant(
             settings=COUNT_BEFORE)
+    if args.budget_ablation:
+        variants[f"GeNAdamW, probe_budget={BUDGET_BEFORE['probe_budget']:g} (the earlier default)"] = WholeRunVariant(
+            settings=BUDGET_BEFORE)
     default_chunk = probe.PROBE_CHUNK
     seconds = {"AdamW": []} | {kind: [] for kind in variants}
     in_step = {kind: [] for kind in seconds}  # of each run's time, the part inside opt.step()

@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from gen_optim import GeNAdamW, Mask, equip_lora, group_parameters, replay_closure
+from gen_optim.gen_adamw import GEN_SETTINGS
 from gen_optim.plots import draw_run
 
 TINY = {"tiny-small": dict(n_layer=2, n_embd=64, n_head=2), "tiny-large": dict(n_layer=4, n_embd=128, n_head=4)}
@@ -95,7 +96,8 @@ def parse_args(argv=None):
                    help="Part I probes every N steps: its APPI is the selection (the paper's setting)")
     p.add_argument("--probe_every", type=int, default=None,
                    help="Part II: a fixed probe interval (default: GeNAdamW's probe budget schedules)")
-    p.add_argument("--probe_budget", type=float, default=0.1, help="Part II: the most probing adds to the compute")
+    p.add_argument("--probe_budget", type=float, default=GEN_SETTINGS["probe_budget"],
+                   help="Part II: the most probing adds to the compute (default: GeNAdamW's)")
     p.add_argument("--lora_r", type=int, default=8)
     p.add_argument("--test_rows", type=int, default=512, help="test rows evaluated (0: all)")
     p.add_argument("--output_dir", default="runs/gpt2_e2e")

@@ -82,7 +82,7 @@ from .probe import (
 )
 from .rule import Progress, RateRule, Schedule, Standing, Verdict
 
-NEVER_PROBED = -1  # a group's ``gen_probed_at`` before its first round: that round's span counts from step 0
+NEVER_PROBED = -1  # ``gen_probed_at`` of a group there from the start: its first round's span counts from step 0
 HISTORY_ROUNDS = 256  # probe records kept in the state; older ones are thinned to every other one
 COSINE_DTYPE = torch.float32  # the progress test sums each tensor's terms in this dtype, or in the tensor's own if wider
 
@@ -90,7 +90,7 @@ COSINE_DTYPE = torch.float32  # the progress test sums each tensor's terms in th
 ADAMW_OPTIONS = dict(amsgrad=False, maximize=False, foreach=None, capturable=False, differentiable=False, fused=None)
 # GeN's settings: per param group, like AdamW's, so they survive state_dict(), copies and pickles.
 GEN_SETTINGS = dict(
-    probe_every=None, probe_budget=0.1, probe_scales=(-2.0, -1.0, 1.0, 2.0), r2_min=0.99, smoothing=0.9,
+    probe_every=None, probe_budget=0.05, probe_scales=(-2.0, -1.0, 1.0, 2.0), r2_min=0.99, smoothing=0.9,
     rate_clip=(0.5, 2.0), joint=False, warmup=0, search=6, probe_direction="previous", fit_steps=None,
     progress=True,
 )
@@ -149,7 +149,7 @@ def _check_gen(group: dict[str, Any]) -> None:
                          f"turns probing off), got {every!r}")
     if isinstance(budget, bool) or not isinstance(budget, float | int) or not 0 < budget < float("inf"):
         raise ValueError(f"probe_budget is the most probing may add to the training compute after warm-up, a "
-                         f"fraction > 0 (e.g. 0.1), got {budget!r}; turn probing off with probe_every=0")
+                         f"fraction > 0 (e.g. 0.05), got {budget!r}; turn probing off with probe_every=0")
     if len(set(scales)) < 3 or 0.0 in scales:
         raise ValueError(f"probe_scales needs at least 3 distinct non-zero values to fit and judge a parabola, "
                          f"got {scales}")
@@ -369,7 +369,8 @@ class GeNAdamW(torch.optim.Optimizer):
         group.setdefault("gen_base_lr", float(group["lr"]))
         group.setdefault("gen_rounds", 0)
         group.setdefault("gen_descent", 0.0)
-        group.setdefault("gen_probed_at", NEVER_PROBED)
+        # its spans count from the step it joins at (a group added to a running optimizer has no earlier steps)
+        group.setdefault("gen_probed_at", self.state["gen"]["step"] - 1 if "gen" in self.state else NEVER_PROBED)
         Progress().store(group)
         RateRule.of(group).first_schedule().store(group)
         self.state.setdefault("appi", {})[name] = 0.0

@@ -16,7 +16,7 @@ import torch
 
 class GeNAdamWReference(torch.optim.Optimizer):
     def __init__(self, params, closure, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 probe_every=None, probe_budget=0.1, probe_scales=(-2.0, -1.0, 1.0, 2.0), r2_min=0.99, smoothing=0.9,
+                 probe_every=None, probe_budget=0.05, probe_scales=(-2.0, -1.0, 1.0, 2.0), r2_min=0.99, smoothing=0.9,
                  rate_clip=(0.5, 2.0), joint=False, warmup=0, search=6, probe_direction="previous",
                  fit_steps=None, progress=True):
         settings = dict(probe_every=probe_every, probe_budget=probe_budget, probe_scales=probe_scales, r2_min=r2_min, smoothing=smoothing,

@@ -265,7 +265,7 @@ class RateRule:
     r2_min: float
     smoothing: float
     rate_clip: tuple[float, float]
-    probe_budget: float = 0.1
+    probe_budget: float = 0.05
     n_probes: int = 4  # len(probe_scales)
     moment_steps: int = 10  # moment_steps(beta1)
     fit_steps: int | None = None  # None: moment_steps

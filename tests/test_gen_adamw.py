@@ -549,6 +549,21 @@ def test_appi_counts_each_rounds_ppi_for_the_steps_since_the_groups_previous_rou
     assert any(v > 0 for v in opt_4.state["appi"].values())
 
 
+def test_a_group_added_to_a_running_optimizer_counts_its_span_from_the_step_it_joins():
+    torch.manual_seed(0)
+    model = Net()
+    groups = group_parameters(model)
+    late = next(g for g in groups if g["name"] == "head")
+    opt = GeNAdamW([g for g in groups if g is not late], mse_closure(model), lr=1e-2, probe_every=1, search=0)
+    model.head.requires_grad_(False)
+    train(model, opt, 5)
+    model.head.requires_grad_(True)
+    opt.add_param_group(late)
+    train(model, opt, 3)
+    assert [r["groups"]["head"]["span"] for r in opt.history if "head" in r["groups"]] == [1, 1, 1]
+    assert [r["groups"]["embed"]["span"] for r in opt.history] == [1] * 8
+
+
 def test_under_the_budget_appi_sums_ppi_over_every_step_up_to_each_groups_last_round():
     """Each group's rounds under the budget follow its own schedule; their spans add up to the
     steps up to its last round, and its APPI (also kept in each record) to their sum."""

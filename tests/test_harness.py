@@ -212,12 +212,13 @@ def table_rows(text):
 def test_overhead_quick():
     """The cost benchmark end to end on a tiny GPT-2: the step-time lines, ``opt.step()`` alone,
     and a whole-run row per variant whose compute fraction is its forwards / ``STEP_FORWARDS``."""
-    out = quick_benchmark("overhead", "--warmup_ablation", "--count_ablation").stdout
+    out = quick_benchmark("overhead", "--warmup_ablation", "--count_ablation", "--budget_ablation").stdout
     assert "GeNAdamW probing off / AdamW" in out and "opt.step() alone between rounds" in out
     rows = re.findall(r"^  (GeNAdamW[^:]*): .* ratio ([\d.]+) .*; ([\d.]+) probe forwards per step, "
                       r"a compute fraction of ([\d.]+)$", out, flags=re.MULTILINE)
     assert [row[0] for row in rows] == ["GeNAdamW at its defaults", "GeNAdamW, warmup=10 (the earlier default)",
-                                        "GeNAdamW, a step counted as 3 forwards (before)"]
+                                        "GeNAdamW, a step counted as 3 forwards (before)",
+                                        "GeNAdamW, probe_budget=0.1 (the earlier default)"]
     for _, ratio, forwards, fraction in rows:
         assert float(ratio) > 0 and float(forwards) > 0
         # printed to 3 decimals each
@@ -228,19 +229,21 @@ def test_budget_quick(tmp_path, capsys):
     """The probe budget's benchmark end to end: AdamW probes nothing; the budget's warm-up
     forwards are part of its probe forwards, and its compute fraction is theirs /
     ``STEP_FORWARDS``; the earlier default warm-up (``--warmup_ablation``) spends more before it
-    settles; the earlier count of a step (``--count_ablation``) has its row; on SST-2
+    settles; the earlier count of a step (``--count_ablation``) and the earlier budget
+    (``--budget_ablation``) have their rows; on SST-2
     the budget and the unlimited rule each train once, resumed from the ledger on a rerun."""
     out = tmp_path / "budget_sst2.jsonl"
-    done = quick_benchmark("budget", "--no-grid", "--warmup_ablation", "--count_ablation", "--sst2_out", str(out))
+    done = quick_benchmark("budget", "--no-grid", "--warmup_ablation", "--count_ablation", "--budget_ablation",
+                           "--sst2_out", str(out))
     stability, _, quality = done.stdout.partition("full fine-tuning, 16 steps")
     rows = table_rows(stability)
     header = rows.pop("config")
-    assert list(rows) == ["adamw 1e-3", "budget 0.1 from 0.001", "unlimited from 0.001", "warmup 10 from 0.001",
-                          "step as 3 forwards from 0.001"]
+    assert list(rows) == ["adamw 1e-3", "budget 0.05 from 0.001", "unlimited from 0.001", "warmup 10 from 0.001",
+                          "step as 3 forwards from 0.001", "budget 0.1 (before) from 0.001"]
     col = {name: header.index(name) for name in ("probe forwards / step", "compute fraction", "warm-up forwards")}
-    adamw, budget = rows["adamw 1e-3"], rows["budget 0.1 from 0.001"]
+    adamw, budget = rows["adamw 1e-3"], rows["budget 0.05 from 0.001"]
     assert float(adamw[col["probe forwards / step"]]) == 0.0 and adamw[col["warm-up forwards"]] == ""
-    for row in (budget, rows["step as 3 forwards from 0.001"]):
+    for row in (budget, rows["step as 3 forwards from 0.001"], rows["budget 0.1 (before) from 0.001"]):
         forwards = float(row[col["probe forwards / step"]])
         # printed to 2 and 3 decimals: forwards / STEP_FORWARDS is off by up to 0.005 / STEP_FORWARDS, the fraction by 0.0005
         assert float(row[col["compute fraction"]]) == pytest.approx(

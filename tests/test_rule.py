@@ -103,7 +103,7 @@ def test_a_fit_calls_for_its_minimum_spread_over_the_moments_steps():
     fit = Fit(1.0, 10.0, 1.0)
     assert RULE.fitted(fit) == pytest.approx(0.1 / moment_steps(0.9)) == pytest.approx(1e-2)
     group = dict(probe_every=None, warmup=10, search=6, r2_min=0.99, smoothing=0.9, rate_clip=(0.5, 2.0),
-                 probe_budget=0.1, probe_scales=(-2.0, -1.0, 1.0, 2.0), fit_steps=None, progress=True)
+                 probe_budget=0.05, probe_scales=(-2.0, -1.0, 1.0, 2.0), fit_steps=None, progress=True)
     assert RateRule.of(group | {"betas": (0.0, 0.999)}).fitted(fit) == pytest.approx(0.1)
     assert RateRule.of(group | {"betas": (0.95, 0.999)}).fitted(fit) == pytest.approx(0.1 / 20)
     # fit_steps overrides the divisor, and only it: the moments' transient still lasts moment_steps
