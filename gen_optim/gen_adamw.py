@@ -23,9 +23,10 @@ of the first ``ceil(1 / (1 - beta1)) + warmup`` steps when ``probe_every`` is gi
    smoothed: ``lr <- smoothing lr + (1 - smoothing) target``, with no smoothing during
    warm-up) and ``PPI_k`` (``fit.ppi``: ``A^2 / (B |w_k|)``, capped at the farthest probed
    step) times the steps since the group's previous round (``RateRule.span``: APPI estimates
-   the sum of PPI over every step, whatever the schedule) is added to ``APPI_k``. A fit may *raise* a rate only once AdamW's moments are past
-   their transient (``M`` steps) and the group's *descent tally* (its recent clean fits that
-   descended, minus those that climbed) is clearly positive; else it holds the rate. A clean
+   the sum of PPI over every step, whatever the schedule) is added to ``APPI_k``. A fit may
+   *raise* a rate only once AdamW's moments are past their transient (``M`` steps) and the
+   group's *descent tally* (its recent clean fits that descended, minus those that climbed) is
+   clearly positive; else it holds the rate. A clean
    climb (``A <= 0``) that *overshoots* (its parabola's minimum lies behind, within the probes)
    moves it towards ``rate_clip[0]`` times itself in the moments' transient or when the tally
    is clearly negative, and so does, during warm-up, a descending fit whose largest probe step
@@ -82,7 +83,7 @@ from .probe import (
 )
 from .rule import Progress, RateRule, Schedule, Standing, Verdict
 
-NEVER_PROBED = -1  # ``gen_probed_at`` of a group there from the start: its first round's span counts from step 0
+NEVER_PROBED = -1  # ``gen_probed_at`` of a group there from the start: its first span counts from step 0
 HISTORY_ROUNDS = 256  # probe records kept in the state; older ones are thinned to every other one
 COSINE_DTYPE = torch.float32  # the progress test sums each tensor's terms in this dtype, or in the tensor's own if wider
 

@@ -446,9 +446,9 @@ class RateRule:
         probes each group on its own schedule (a group whose rate moves is probed again at
         once, a steady one ever more rarely), and a plain sum over rounds ranked the groups
         by how often they were probed: on the stability task one pair of six swapped against
-        probing without a limit at Part I's step on both seeds (Kendall tau 0.87), none with
-        the span (1.00; benchmarks/RESULTS.md). With a fixed ``probe_every`` it is the
-        interval, the same for every group."""
+        probing without a limit at Part I's step on two seeds (Kendall tau 0.87), none with
+        the span (1.00; a third seed: 0.87; benchmarks/RESULTS.md). With a fixed
+        ``probe_every`` it is the interval, the same for every group."""
         return step - previous
 
     @staticmethod
