@@ -81,7 +81,7 @@ from .probe import (
     sharded,
     sum_over_ranks,
 )
-from .rule import Progress, RateRule, Schedule, Standing, Verdict
+from .rule import PROBE_BUDGET, Progress, RateRule, Schedule, Standing, Verdict
 
 NEVER_PROBED = -1  # ``gen_probed_at`` of a group there from the start: its first span counts from step 0
 HISTORY_ROUNDS = 256  # probe records kept in the state; older ones are thinned to every other one
@@ -91,7 +91,7 @@ COSINE_DTYPE = torch.float32  # the progress test sums each tensor's terms in th
 ADAMW_OPTIONS = dict(amsgrad=False, maximize=False, foreach=None, capturable=False, differentiable=False, fused=None)
 # GeN's settings: per param group, like AdamW's, so they survive state_dict(), copies and pickles.
 GEN_SETTINGS = dict(
-    probe_every=None, probe_budget=0.05, probe_scales=(-2.0, -1.0, 1.0, 2.0), r2_min=0.99, smoothing=0.9,
+    probe_every=None, probe_budget=PROBE_BUDGET, probe_scales=(-2.0, -1.0, 1.0, 2.0), r2_min=0.99, smoothing=0.9,
     rate_clip=(0.5, 2.0), joint=False, warmup=0, search=6, probe_direction="previous", fit_steps=None,
     progress=True,
 )

@@ -30,9 +30,14 @@ def _pyplot():
     return plt
 
 
+def group_names(history: list[dict[str, Any]]) -> list[str]:
+    """The groups probed in ``history``, in the order they first appear."""
+    return list(dict.fromkeys(name for record in history for name in record["groups"]))
+
+
 def ppi_matrix(history: list[dict[str, Any]]) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Group names, probe steps, and PPI per (group, round); NaN where a group was not probed."""
-    names = list(dict.fromkeys(name for record in history for name in record["groups"]))
+    names = group_names(history)
     steps = np.array([record["step"] for record in history])
     ppi = np.full((len(names), len(history)), np.nan)
     for j, record in enumerate(history):
@@ -99,9 +104,8 @@ def appi_series(history: list[dict[str, Any]], name: str) -> tuple[list[int], li
 def appi_curves(history: list[dict[str, Any]], path: str | Path) -> None:
     """APPI (accumulated PPI) of each group over the probe rounds."""
     plt = _pyplot()
-    names = list(dict.fromkeys(name for record in history for name in record["groups"]))
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name in names:
+    for name in group_names(history):
         ax.plot(*appi_series(history, name), marker=".", label=name)
     ax.set_yscale("symlog", linthresh=1e-12)
     ax.set_xlabel("optimizer step")

@@ -105,6 +105,9 @@ import numpy as np
 from .fit import Fit
 
 SEARCH_STEP = 4.0  # the most one line-search probe lowers a rate
+# the default probe budget, GeNAdamW's ``probe_budget``: 0.1 until 2026-12-07, when a whole run at 0.05
+# cost 3-4 points less of AdamW's time with the same results (README, "The budget is 0.05")
+PROBE_BUDGET = 0.05
 # a training step's cost in no-grad forwards of its batch, counted low so that probing stays within
 # its budget where the backward is cheap: measured 2.1 on the CPU (GPT-2, 2 layers) and 2.6 to 3.6
 # on an H200 (6 layers) in benchmarks/overhead.py; it was 3 (a backward as two forwards), under which
@@ -265,7 +268,7 @@ class RateRule:
     r2_min: float
     smoothing: float
     rate_clip: tuple[float, float]
-    probe_budget: float = 0.05
+    probe_budget: float = PROBE_BUDGET
     n_probes: int = 4  # len(probe_scales)
     moment_steps: int = 10  # moment_steps(beta1)
     fit_steps: int | None = None  # None: moment_steps
