@@ -15,7 +15,9 @@ Prints, measured side by side in one run (configurations interleaved, medians of
   included; ``replay_closure``, so probes see each step's batch), alternating, each from the same
   weights over the same ``WHOLE_RUN_BATCHES`` batches in turn, the part of each inside ``opt.step()``
   (probes and the progress test are; forward and backward are not; on CUDA timing it synchronises
-  every step, AdamW's and GeNAdamW's alike), and the probe forwards per step;
+  every step, AdamW's and GeNAdamW's alike), the *paired* ratio (``paired_ratios``: the runs'
+  difference inside ``opt.step()`` over the AdamW run beside it, the steadier measure), and the
+  probe forwards per step;
   with ``--chunk_ablation``, also GeNAdamW computing directions one tensor per chunk
   (``probe.PROBE_CHUNK = 1``: the kernel launches of a loop over the tensors); with
   ``--warmup_ablation``, also GeNAdamW with the earlier default warm-up (``common.WARMUP_BEFORE``
@@ -224,8 +226,19 @@ def whole_runs(args):
         t = statistics.median(seconds[kind])
         print(f"  {kind}: {t:.1f} s ({', '.join(f'{x:.1f}' for x in seconds[kind])}; in opt.step() "
               f"{statistics.median(in_step[kind]):.1f} s), ratio {t / adamw:.3f} "
-              f"(issue 10's target <= 1.15); {forwards[kind] / args.whole_run:.3f} probe forwards per step, "
+              f"(issue 10's target <= 1.15), paired {statistics.median(paired_ratios(seconds, in_step, kind)):.3f}; "
+              f"{forwards[kind] / args.whole_run:.3f} probe forwards per step, "
               f"a compute fraction of {forwards[kind] / args.whole_run / STEP_FORWARDS:.3f}")
+
+
+def paired_ratios(seconds: dict, in_step: dict, kind: str) -> list[float]:
+    """Each repeat's ratio of ``kind`` to the AdamW run beside it, counting from both runs only
+    what differs: ``(AdamW's run - AdamW's opt.step() + kind's opt.step()) / AdamW's run``. The
+    forwards and backwards outside ``opt.step()`` are the same work in both (same weights,
+    batches and dropout masks), and they carry most of the machine's noise: whole AdamW runs
+    spread by 10-20% from run to run here."""
+    return [(adamw - adamw_step + step) / adamw
+            for adamw, adamw_step, step in zip(seconds["AdamW"], in_step["AdamW"], in_step[kind])]
 
 
 if __name__ == "__main__":

@@ -231,6 +231,12 @@ class GroupWork:
             self._counts = [int(t) for t in self.steps]
         return self._counts
 
+    def direction_settings(self) -> tuple:
+        """The settings the previous update's direction depends on besides the step count:
+        ``betas``, ``eps``, ``weight_decay`` and ``amsgrad``."""
+        g = self.group
+        return tuple(g["betas"]), g["eps"], g["weight_decay"], g["amsgrad"]
+
     def runs(self) -> list[list[int]]:
         """The chunks a probe moves this group in: tensors of one device, dtype and count."""
         return chunks([real(p) for p in self.params], self.counts())
@@ -532,46 +538,68 @@ class GeNAdamW(torch.optim.Optimizer):
         """Each testing group's progress test takes this step's ``c_t`` (the cosine between its
         gradient and the previous update's direction, over the tensors that have one), and its
         rate moves by the factor the rule gives (``RateRule.progress_factor``); one host sync for all."""
-        tested, sums = [], []
-        for w in work:
-            g = w.group
-            if not (w.params and g["progress"] and g["gen_lr"] > 0 and RateRule.of(g).probing):
-                continue
-            parts = [self._cosine_terms(w, run) for run in w.runs() if w.counts()[run[0]] > 0]
-            if parts:
-                tested.append(w.group)
-                sums.append(torch.stack(parts).sum(0))
+        tested = [w for w in work if w.params and w.group["progress"] and w.group["gen_lr"] > 0
+                  and RateRule.of(w.group).probing]
         if not tested:
             return
-        totals = torch.stack(sums)
-        if sharded(p for g in tested for p in g["params"]):
+        totals = self._cosine_terms(tested)
+        if totals is None:
+            return
+        if sharded(p for w in tested for p in w.params):
             totals = sum_over_ranks(totals)  # FSDP2: each rank holds a shard of each tensor
-        for group, (dot, grad_sq, dir_sq) in zip(tested, totals.tolist()):
+        for w, (dot, grad_sq, dir_sq) in zip(tested, totals.tolist()):
+            group = w.group
             if not (grad_sq > 0 and dir_sq > 0 and np.isfinite(dot)):
-                continue
+                continue  # no tensor with a previous update yet, or no gradient
             sign = -1.0 if group["maximize"] else 1.0
             test = Progress.of(group).after(sign * dot / np.sqrt(grad_sq * dir_sq))
             test.store(group)
             group["gen_lr"] *= RateRule.of(group).progress_factor(test)
 
     @staticmethod
-    def _cosine_terms(w: GroupWork, run: Sequence[int]) -> torch.Tensor:
-        """``g . d``, ``g . g`` and ``d . d`` over the tensors at ``run`` (float64), ``d`` the
-        previous update's direction; of a sharded tensor, its local shard.
+    def _cosine_terms(tested: list[GroupWork]) -> torch.Tensor | None:
+        """Each group's ``g . d``, ``g . g`` and ``d . d`` (a ``len(tested) x 3`` float64
+        tensor) over its tensors that have a previous update, ``d`` that update's direction; of
+        a sharded tensor, its local shard. ``None`` when no tensor has one yet.
 
+        The groups' tensors are computed together, in runs of one device, dtype, step count
+        and direction settings (``probe.chunks``, at most ``PROBE_CHUNK`` elements each), not
+        group by group: on the 2-layer GPT-2 of benchmarks/overhead.py the test's small groups
+        (norm, bias) cost more in kernel launches than in arithmetic: the test took 1.6 ms a
+        step this way against 2.1 ms group by group (medians of ten alternating pairs; AdamW's
+        own step 1.2 to 1.6 ms; benchmarks/RESULTS.md).
         One pass per term: the squares as ``_foreach_norm``, ``g . d`` as the sums of
         ``d *= g`` (``d`` is this call's own). Each tensor's terms accumulate in
         ``COSINE_DTYPE`` or its own dtype if wider, the tensors' sums in float64: over 2^20
         float32 elements the cosine holds to about 1e-5 relative (torch's CPU norm kernel;
         the dot's cascaded sum to 1e-7), far below its noise from batch to batch, where
         summing every element in float64 cost more than the AdamW step itself."""
-        d = [local(t) for t in w.direction(run, [real(w.params[i]) for i in run], previous=True)]
-        g = [local(real(w.grads[i])) for i in run]
-        acc = torch.promote_types(g[0].dtype, COSINE_DTYPE)
-        squares = [torch.stack(torch._foreach_norm(ts, 2, acc)).double().square().sum() for ts in (g, d)]
-        torch._foreach_mul_(d, g)
-        dot = torch.stack([t.sum(dtype=acc) for t in d]).double().sum()
-        return torch.stack([dot, *squares])
+        owners = [(i, w, j) for i, w in enumerate(tested) for j, count in enumerate(w.counts()) if count > 0]
+        if not owners:
+            return None
+        keys = [(w.direction_settings(), w.counts()[j]) for _, w, j in owners]
+
+        def shards(members: list[tuple[int, GroupWork, int]], tensors: str) -> list[torch.Tensor]:
+            return [local(real(getattr(w, tensors)[j])) for _, w, j in members]
+
+        rows, index = [], []
+        for run in chunks([real(w.params[j]) for _, w, j in owners], keys):
+            members = [owners[k] for k in run]
+            ((beta1, beta2), eps, weight_decay, amsgrad), count = keys[run[0]]
+            d = adamw_directions(shards(members, "params"), shards(members, "exp_avgs"), shards(members, "exp_avg_sqs"),
+                                 count, beta1, beta2, eps, weight_decay,
+                                 max_exp_avg_sqs=shards(members, "max_exp_avg_sqs") if amsgrad else None)
+            g = shards(members, "grads")
+            acc = torch.promote_types(g[0].dtype, COSINE_DTYPE)
+            squares = [torch.stack(torch._foreach_norm(ts, 2, acc)).double().square() for ts in (g, d)]
+            torch._foreach_mul_(d, g)
+            dots = torch.stack([t.sum(dtype=acc) for t in d]).double()
+            rows.append(torch.stack([dots, *squares], 1))
+            index += [i for i, _, _ in members]
+        device = rows[0].device
+        terms = torch.cat([r.to(device) for r in rows])
+        totals = torch.zeros(len(tested), 3, dtype=torch.float64, device=device)
+        return totals.index_add_(0, torch.tensor(index, device=device), terms)
 
     @staticmethod
     def _due(work: list[GroupWork], step: int) -> list[GroupWork]:

@@ -23,6 +23,7 @@ restores from. (On an H200 the chunks measured no faster than one tensor at a ti
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -124,12 +125,20 @@ def sharded(tensors: Iterable[Tensor]) -> bool:
     return any(_is_dtensor(t) for t in tensors)
 
 
-def _is_dtensor(t: Tensor) -> bool:
+@functools.cache
+def _dtensor_type() -> type | None:
+    """FSDP2's DTensor class, where this torch has it (looked up once: the progress test asks
+    about every tensor at every step)."""
     try:
         from torch.distributed.tensor import DTensor
     except ImportError:
-        return False
-    return isinstance(t, DTensor)
+        return None
+    return DTensor
+
+
+def _is_dtensor(t: Tensor) -> bool:
+    dtensor = _dtensor_type()
+    return dtensor is not None and isinstance(t, dtensor)
 
 
 def _fsdp_module_type() -> type | None:

@@ -648,6 +648,69 @@ def test_progress_test_measures_the_gradient_against_the_previous_update_closed_
         assert c > 0.5  # the first steps descend along a full-batch gradient
 
 
+def test_progress_test_of_groups_with_different_settings_computed_together_matches_brute_force():
+    """The test computes every group's terms together, in runs of one step count and direction
+    settings: against float64 brute force over four steps, each group's test holds its own
+    cosines, with its own betas, eps, weight decay and AMSGrad, a group that shares its settings
+    with another summed apart from it, and a tensor whose moments lag a step (no gradient at
+    step 0) left out until it has a previous update, then counted at its own step count."""
+    torch.manual_seed(0)
+    shapes = {"w1": (3, 2), "w2": (2,), "w3": (3, 2), "w4": (2,)}
+    w = {k: torch.nn.Parameter(torch.randn(*s, dtype=torch.float64)) for k, s in shapes.items()}
+    settings = {"a": dict(betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1, amsgrad=False),
+                "b": dict(betas=(0.8, 0.99), eps=1e-6, weight_decay=0.0, amsgrad=True),
+                "c": dict(betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1, amsgrad=False)}  # a's settings
+    members = {"a": ["w1", "w2"], "b": ["w3"], "c": ["w4"]}
+    batches = [(torch.randn(16, 3, dtype=torch.float64), torch.randn(16, 2, dtype=torch.float64)) for _ in range(4)]
+    batch = [batches[0]]
+
+    def loss():
+        x, y = batch[0]
+        return F.mse_loss(x @ w["w1"] + w["w2"] + x @ w["w3"] + w["w4"], y)
+
+    opt = GeNAdamW([{"params": [w[k] for k in members[n]], "name": n, **settings[n]} for n in members], loss, lr=1e-2,
+                   probe_every=10**6, search=0)
+    moments = {k: {"m": torch.zeros_like(p), "v": torch.zeros_like(p), "vmax": torch.zeros_like(p), "t": 0}
+               for k, p in w.items()}
+    expected = {n: Progress() for n in members}
+    for step, xy in enumerate(batches):
+        batch[0] = xy
+        opt.zero_grad()
+        loss().backward()
+        if step == 0:
+            w["w2"].grad = None  # its moments start a step late
+        for n, names in members.items():
+            s = settings[n]
+            (beta1, beta2), terms = s["betas"], torch.zeros(3, dtype=torch.float64)
+            for k in names:
+                state = moments[k]
+                if state["t"] == 0 or w[k].grad is None:
+                    continue
+                t, v = state["t"], state["vmax"] if s["amsgrad"] else state["v"]
+                d = (state["m"] / (1 - beta1**t)) / ((v / (1 - beta2**t)).sqrt() + s["eps"]) + s["weight_decay"] * w[k].detach()
+                g = w[k].grad
+                terms += torch.stack([(g * d).sum(), (g * g).sum(), (d * d).sum()])
+            if terms[1] > 0:
+                expected[n] = expected[n].after(float(terms[0] / (terms[1] * terms[2]).sqrt()))
+        for n, names in members.items():
+            beta1, beta2 = settings[n]["betas"]
+            for k in names:
+                if w[k].grad is not None:
+                    state, g = moments[k], w[k].grad
+                    state["m"] = beta1 * state["m"] + (1 - beta1) * g
+                    state["v"] = beta2 * state["v"] + (1 - beta2) * g * g
+                    state["vmax"] = torch.maximum(state["vmax"], state["v"])
+                    state["t"] += 1
+        opt.step()
+    assert moments["w2"]["t"] == 3 and moments["w1"]["t"] == 4
+    for group in opt.param_groups:
+        want = expected[group["name"]]
+        assert want.count == 3
+        assert Progress.of(group) == Progress(pytest.approx(want.mean, rel=1e-10), pytest.approx(want.variance, rel=1e-8),
+                                              want.count)
+    assert len({round(expected[n].mean, 6) for n in members}) == 3  # the groups' cosines differ
+
+
 @pytest.mark.parametrize("dtype, rel", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)])
 def test_progress_cosine_keeps_its_precision_over_a_million_elements(dtype, rel):
     """The test's cosine sums each tensor in float32 (bfloat16 tensors upcast): against float64

@@ -214,15 +214,26 @@ def test_overhead_quick():
     and a whole-run row per variant whose compute fraction is its forwards / ``STEP_FORWARDS``."""
     out = quick_benchmark("overhead", "--warmup_ablation", "--count_ablation", "--budget_ablation").stdout
     assert "GeNAdamW probing off / AdamW" in out and "opt.step() alone between rounds" in out
-    rows = re.findall(r"^  (GeNAdamW[^:]*): .* ratio ([\d.]+) .*; ([\d.]+) probe forwards per step, "
+    rows = re.findall(r"^  (GeNAdamW[^:]*): .* ratio ([\d.]+) .*, paired ([\d.]+); ([\d.]+) probe forwards per step, "
                       r"a compute fraction of ([\d.]+)$", out, flags=re.MULTILINE)
     assert [row[0] for row in rows] == ["GeNAdamW at its defaults", "GeNAdamW, warmup=10 (the earlier default)",
                                         "GeNAdamW, a step counted as 3 forwards (before)",
                                         "GeNAdamW, probe_budget=0.1 (the earlier default)"]
-    for _, ratio, forwards, fraction in rows:
-        assert float(ratio) > 0 and float(forwards) > 0
+    for _, ratio, paired, forwards, fraction in rows:
+        assert float(ratio) > 0 and float(paired) > 0 and float(forwards) > 0
         # printed to 3 decimals each
         assert float(fraction) == pytest.approx(float(forwards) / STEP_FORWARDS, abs=0.0005 / STEP_FORWARDS + 0.0005)
+
+
+def test_overhead_paired_ratio_counts_only_what_differs_inside_the_step():
+    """A paired ratio takes the AdamW run beside it, less its ``opt.step()`` time, plus the
+    variant's: 10 s with 1 s inside against 2.5 s inside is 1.15, whatever the variant's own
+    wall time (its forward and backward are the AdamW run's work again)."""
+    from benchmarks.overhead import paired_ratios
+
+    seconds = {"AdamW": [10.0, 20.0], "gen": [99.0, 0.0]}
+    in_step = {"AdamW": [1.0, 2.0], "gen": [2.5, 4.0]}
+    assert paired_ratios(seconds, in_step, "gen") == pytest.approx([1.15, 1.1])
 
 
 def test_budget_quick(tmp_path, capsys):
