@@ -615,10 +615,13 @@ class GeNAdamW(torch.optim.Optimizer):
 
     @staticmethod
     def _charge(probed: list[GroupWork], own: list[int], shared: int) -> None:
-        """Pay for a round's forwards from the probed groups' credit: each its own probes and
-        an equal share of the ``shared`` ones (``L0``, the joint correction's)."""
+        """Pay for a round's forwards from the budgeted groups' credit: each its own probes and
+        an equal share of the ``shared`` ones (``L0``, the joint correction's). A group on a
+        fixed ``probe_every`` earns no credit and pays none, so that it keeps its starting
+        credit should it move to the budget (``probe_every=None``) later."""
         for w, n in zip(probed, own):
-            w.group["gen_credit"] -= n + shared / len(probed)
+            if RateRule.of(w.group).budgeted:
+                w.group["gen_credit"] -= n + shared / len(probed)
 
     def _loss(self, closure: Closure, work: list[GroupWork]) -> Any:
         grads = [g for w in work for g in w.grads]

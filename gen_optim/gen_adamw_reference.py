@@ -55,6 +55,12 @@ class GeNAdamWReference(torch.optim.Optimizer):
         m_hat, v_hat = m / (1 - beta1**t), v / (1 - beta2**t)
         return m_hat / (v_hat.sqrt() + group["eps"]) + group["weight_decay"] * p, m, v, t
 
+    @staticmethod
+    def pay(group, forwards):
+        """A budgeted group pays for its forwards from its credit; one on a fixed interval pays nothing."""
+        if group["probe_every"] is None:
+            group["credit"] -= forwards
+
     def fit(self, group, params, loss0):
         """Probe ``group`` along its direction at its fitted rate's scales; least-squares A, B,
         R^2 and whether the largest step raised the loss, or None when no probe moved the loss
@@ -63,7 +69,7 @@ class GeNAdamWReference(torch.optim.Optimizer):
         d = [self.direction(group, p, not prev)[0] for p, prev in zip(params, previous)]
         w0 = [p.clone() for p in params]
         etas = np.array(group["probe_scales"]) * group["gen_lr"]
-        group["credit"] -= len(etas)
+        self.pay(group, len(etas))
         losses = []
         for eta in etas:
             for p, w, dp in zip(params, w0, d):
@@ -92,7 +98,7 @@ class GeNAdamWReference(torch.optim.Optimizer):
                 return
             loss0 = float(self.closure())
             for group, _ in pending:
-                group["credit"] -= 1 / len(pending)
+                self.pay(group, 1 / len(pending))
             if not np.isfinite(loss0):
                 return
             lowered = []
@@ -160,7 +166,7 @@ class GeNAdamWReference(torch.optim.Optimizer):
                 self.search(unsearched)
             loss0 = float(self.closure())
             for group, params in active:
-                group["credit"] -= 1 / len(active)
+                self.pay(group, 1 / len(active))
                 group["rounds"] += 1
                 lo, hi = group["rate_clip"]
                 warming = not group["settled"] if group["probe_every"] is None else self.t < group["warmup_rounds"]
@@ -224,7 +230,7 @@ class GeNAdamWReference(torch.optim.Optimizer):
         if joint:
             loss1 = float(self.closure())
             for g in joint:
-                g["credit"] -= 1 / len(joint)
+                self.pay(g, 1 / len(joint))
             slope = -sum(g["gen_lr"] * g["lr"] / g["base_lr"] * fits[g["name"]] for g in joint)
             curvature = 2 * (loss1 - loss0 - slope)
             if slope < 0 and curvature > 0 and -slope / curvature < 1:

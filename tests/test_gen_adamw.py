@@ -580,6 +580,23 @@ def test_under_the_budget_appi_sums_ppi_over_every_step_up_to_each_groups_last_r
         assert entries[-1][1]["appi"] == opt.state["appi"][group["name"]]
 
 
+def test_a_fixed_interval_pays_no_credit_and_moving_to_the_budget_probes_at_once():
+    """Groups on a fixed ``probe_every`` neither earn nor pay credit: after 12 rounds every
+    step they still hold their starting credit, and moved to the budget (``probe_every=None``)
+    they are due at the next step, as a fresh group would be, not starved by forwards the
+    fixed interval spent."""
+    torch.manual_seed(0)
+    model = Net()
+    opt = GeNAdamW(group_parameters(model), mse_closure(model), lr=1e-2, probe_every=1, search=0)
+    start = [g["gen_credit"] for g in opt.param_groups]
+    train(model, opt, 12)
+    assert len(opt.history) == 12 and [g["gen_credit"] for g in opt.param_groups] == start
+    for g in opt.param_groups:
+        g["probe_every"] = None
+    train(model, opt, 1)
+    assert opt.history[-1]["step"] == 12 and len(opt.history[-1]["groups"]) == len(opt.param_groups)
+
+
 @pytest.mark.parametrize("warmup", [0, 3])
 @pytest.mark.parametrize("budget", [0.05, 0.2])
 def test_the_budget_bounds_the_probe_forwards(budget, warmup):
