@@ -197,8 +197,11 @@ def plot(path: Path, ledger: Ledger, where: Setting, steps: int, schedules: list
     from gen_optim.plots import _pyplot
 
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(schedules), figsize=(6 * len(schedules), 4.5), squeeze=False)
-    for axis, schedule in zip(axes[0], schedules):
+    drawn = [s for s in schedules if grouped(ledger, where.name, steps, s)]  # a schedule with no runs gets no panel
+    if not drawn:
+        raise ValueError(f"--plot: {ledger.path} has no runs of {where.name} at {steps} steps to plot")
+    fig, axes = plt.subplots(1, len(drawn), figsize=(6 * len(drawn), 4.5), squeeze=False)
+    for axis, schedule in zip(axes[0], drawn):
         rows = grouped(ledger, where.name, steps, schedule)
         adamw = {k: v for k, v in rows.items() if k[0] == Optimizer.ADAMW.value}
         best = where.best_of(adamw, key=lambda k: statistics.fmean(r["metric"] for r in adamw[k]), default=None)

@@ -341,3 +341,9 @@ def test_lr_free_e2e_quick(tmp_path):
     assert [k for k, v in table.items() if "(best)" in k] == [f"AdamW {best:g} (best)"]
     worst = max(r["metric"] for r in gen + [r for r in rows if r["key"]["optimizer"] == Optimizer.GEN_FRESH.value])
     assert f"worst start {worst:.2f} (" in done.stdout and "## LoRA + everything of tiny-llama-2 on E2E" in done.stdout
+    # a plot of every schedule draws a panel only for the one with runs (the ledger has no cosine runs)
+    plot = out.parent / "plot.png"
+    quick_run("lr_free", out, "--task", "e2e", "--report", "--plot", str(plot), timeout=300)
+    import matplotlib.image
+
+    assert matplotlib.image.imread(plot).shape[1] == 6 * 120  # one panel 6 inches wide at 120 dpi, not two
