@@ -210,6 +210,17 @@ def _log_from_0_1_0(state: dict[Any, Any]) -> dict[str, Any]:
     return log
 
 
+@dataclass(frozen=True)
+class DirectionSettings:
+    """A group's settings that the previous update's direction depends on besides the step
+    count; tensors of groups with equal settings are computed together."""
+
+    betas: tuple[float, float]
+    eps: float
+    weight_decay: float
+    amsgrad: bool
+
+
 @dataclass
 class GroupWork:
     """One param group's tensors with gradients, gathered for this step's AdamW kernel."""
@@ -231,11 +242,10 @@ class GroupWork:
             self._counts = [int(t) for t in self.steps]
         return self._counts
 
-    def direction_settings(self) -> tuple:
-        """The settings the previous update's direction depends on besides the step count:
-        ``betas``, ``eps``, ``weight_decay`` and ``amsgrad``."""
+    def direction_settings(self) -> DirectionSettings:
+        """The settings the previous update's direction depends on besides the step count."""
         g = self.group
-        return tuple(g["betas"]), g["eps"], g["weight_decay"], g["amsgrad"]
+        return DirectionSettings(tuple(g["betas"]), g["eps"], g["weight_decay"], g["amsgrad"])
 
     def runs(self) -> list[list[int]]:
         """The chunks a probe moves this group in: tensors of one device, dtype and count."""
@@ -564,10 +574,9 @@ class GeNAdamW(torch.optim.Optimizer):
 
         The groups' tensors are computed together, in runs of one device, dtype, step count
         and direction settings (``probe.chunks``, at most ``PROBE_CHUNK`` elements each), not
-        group by group: on the 2-layer GPT-2 of benchmarks/overhead.py the test's small groups
-        (norm, bias) cost more in kernel launches than in arithmetic: the test took 1.6 ms a
-        step this way against 2.1 ms group by group (medians of ten alternating pairs; AdamW's
-        own step 1.2 to 1.6 ms; benchmarks/RESULTS.md).
+        group by group, so the ops launched do not grow with the number of groups: on the
+        2-layer GPT-2 of benchmarks/overhead.py (four groups) 55 a step against 119; on its CPU
+        the time moved within the machine's noise (benchmarks/RESULTS.md).
         One pass per term: the squares as ``_foreach_norm``, ``g . d`` as the sums of
         ``d *= g`` (``d`` is this call's own). Each tensor's terms accumulate in
         ``COSINE_DTYPE`` or its own dtype if wider, the tensors' sums in float64: over 2^20
@@ -585,10 +594,10 @@ class GeNAdamW(torch.optim.Optimizer):
         rows, index = [], []
         for run in chunks([real(w.params[j]) for _, w, j in owners], keys):
             members = [owners[k] for k in run]
-            ((beta1, beta2), eps, weight_decay, amsgrad), count = keys[run[0]]
+            settings, count = keys[run[0]]
             d = adamw_directions(shards(members, "params"), shards(members, "exp_avgs"), shards(members, "exp_avg_sqs"),
-                                 count, beta1, beta2, eps, weight_decay,
-                                 max_exp_avg_sqs=shards(members, "max_exp_avg_sqs") if amsgrad else None)
+                                 count, *settings.betas, settings.eps, settings.weight_decay,
+                                 max_exp_avg_sqs=shards(members, "max_exp_avg_sqs") if settings.amsgrad else None)
             g = shards(members, "grads")
             acc = torch.promote_types(g[0].dtype, COSINE_DTYPE)
             squares = [torch.stack(torch._foreach_norm(ts, 2, acc)).double().square() for ts in (g, d)]
