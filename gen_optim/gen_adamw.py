@@ -251,21 +251,20 @@ class GroupWork:
         """The chunks a probe moves this group in: tensors of one device, dtype and count."""
         return chunks([real(p) for p in self.params], self.counts())
 
-    def direction(self, run: Sequence[int], ws: list[torch.Tensor], previous: bool | None = None) -> list[torch.Tensor]:
+    def direction(self, run: Sequence[int], ws: list[torch.Tensor]) -> list[torch.Tensor]:
         """``d`` of the tensors at ``run`` (one count) at their values ``ws``: the previous
-        update's direction (``probe_direction="previous"``, or ``previous=True``, where there
-        is one) or this step's."""
-        g = self.group
+        update's direction (``probe_direction="previous"``, where there is one) or this step's."""
+        g, settings = self.group, self.direction_settings()
         t = self.counts()[run[0]]
-        previous = (g["probe_direction"] == "previous" if previous is None else previous) and t > 0
+        previous = g["probe_direction"] == "previous" and t > 0
 
         def at(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
             return [real(tensors[i]) for i in run]
 
         return adamw_directions(
-            ws, at(self.exp_avgs), at(self.exp_avg_sqs), t if previous else t + 1, *g["betas"], g["eps"],
-            g["weight_decay"], grads=None if previous else at(self.grads),
-            max_exp_avg_sqs=at(self.max_exp_avg_sqs) if g["amsgrad"] else None, maximize=g["maximize"],
+            ws, at(self.exp_avgs), at(self.exp_avg_sqs), t if previous else t + 1, *settings.betas, settings.eps,
+            settings.weight_decay, grads=None if previous else at(self.grads),
+            max_exp_avg_sqs=at(self.max_exp_avg_sqs) if settings.amsgrad else None, maximize=g["maximize"],
         )
 
 
