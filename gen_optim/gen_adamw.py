@@ -421,9 +421,11 @@ class GeNAdamW(torch.optim.Optimizer):
                     group.setdefault(key, mine.get(key, value))
             group.setdefault("gen_lr", float(group["lr"]))
             group.setdefault("gen_base_lr", float(group["lr"]))
-            group.setdefault("gen_rounds", sum(group["name"] in r["groups"] for r in self.state["gen"]["history"]))
+            if "gen_rounds" not in group:  # the history is read only for checkpoints from before these keys
+                group["gen_rounds"] = sum(group["name"] in r["groups"] for r in self.state["gen"]["history"])
             group.setdefault("gen_descent", 0.0)
-            group.setdefault("gen_probed_at", _last_probed(self.state["gen"], group["name"]))
+            if "gen_probed_at" not in group:
+                group["gen_probed_at"] = _last_probed(self.state["gen"], group["name"])
             if any(k not in group for k in Progress.KEYS):  # from before the progress test: it starts afresh
                 Progress().store(group)
             if any(k not in group for k in Schedule.KEYS):  # from 0.1.0 or AdamW: warm-up only if not done
@@ -547,23 +549,23 @@ class GeNAdamW(torch.optim.Optimizer):
         """Each testing group's progress test takes this step's ``c_t`` (the cosine between its
         gradient and the previous update's direction, over the tensors that have one), and its
         rate moves by the factor the rule gives (``RateRule.progress_factor``); one host sync for all."""
-        tested = [w for w in work if w.params and w.group["progress"] and w.group["gen_lr"] > 0
-                  and RateRule.of(w.group).probing]
-        if not tested:
+        rules = [(w, RateRule.of(w.group)) for w in work if w.params and w.group["gen_lr"] > 0]
+        rules = [(w, rule) for w, rule in rules if rule.progress and rule.probing]
+        if not rules:
             return
-        totals = self._cosine_terms(tested)
+        totals = self._cosine_terms([w for w, _ in rules])
         if totals is None:
             return
-        if sharded(p for w in tested for p in w.params):
+        if sharded(p for w, _ in rules for p in w.params):
             totals = sum_over_ranks(totals)  # FSDP2: each rank holds a shard of each tensor
-        for w, (dot, grad_sq, dir_sq) in zip(tested, totals.tolist()):
+        for (w, rule), (dot, grad_sq, dir_sq) in zip(rules, totals.tolist()):
             group = w.group
             if not (grad_sq > 0 and dir_sq > 0 and np.isfinite(dot)):
                 continue  # no tensor with a previous update yet, or no gradient
             sign = -1.0 if group["maximize"] else 1.0
             test = Progress.of(group).after(sign * dot / np.sqrt(grad_sq * dir_sq))
             test.store(group)
-            group["gen_lr"] *= RateRule.of(group).progress_factor(test)
+            group["gen_lr"] *= rule.progress_factor(test)
 
     @staticmethod
     def _cosine_terms(tested: list[GroupWork]) -> torch.Tensor | None:
