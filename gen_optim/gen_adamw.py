@@ -549,8 +549,7 @@ class GeNAdamW(torch.optim.Optimizer):
         """Each testing group's progress test takes this step's ``c_t`` (the cosine between its
         gradient and the previous update's direction, over the tensors that have one), and its
         rate moves by the factor the rule gives (``RateRule.progress_factor``); one host sync for all."""
-        rules = [(w, RateRule.of(w.group)) for w in work if w.params and w.group["gen_lr"] > 0]
-        rules = [(w, rule) for w, rule in rules if rule.progress and rule.probing]
+        rules = [(w, rule) for w, rule in self._probing(work) if rule.progress]
         if not rules:
             return
         totals = self._cosine_terms([w for w, _ in rules])
@@ -612,11 +611,17 @@ class GeNAdamW(torch.optim.Optimizer):
         return totals.index_add_(0, torch.tensor(index, device=device), terms)
 
     @staticmethod
+    def _probing(work: list[GroupWork]) -> list[tuple[GroupWork, RateRule]]:
+        """The groups GeN acts on now, each with its rule: tensors with gradients, a positive
+        fitted rate, and probing on (the progress test and the probe rounds both read these)."""
+        rules = [(w, RateRule.of(w.group)) for w in work if w.params and w.group["gen_lr"] > 0]
+        return [(w, rule) for w, rule in rules if rule.probing]
+
+    @staticmethod
     def _due(work: list[GroupWork], step: int) -> list[GroupWork]:
         """The groups probed at ``step``; under the budget, each probed group first earns its
         share of this step's credit."""
-        rules = [(w, RateRule.of(w.group)) for w in work if w.params and w.group["gen_lr"] > 0]
-        rules = [(w, rule) for w, rule in rules if rule.probing]
+        rules = GeNAdamW._probing(work)
         budgeted = sum(rule.budgeted for _, rule in rules)
         for w, rule in rules:
             if rule.budgeted:
