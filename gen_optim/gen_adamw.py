@@ -81,7 +81,7 @@ from .probe import (
     sharded,
     sum_over_ranks,
 )
-from .rule import PROBE_BUDGET, Progress, RateRule, Schedule, Standing, Verdict
+from .rule import PROBE_BUDGET, RATE_FLOOR, Progress, RateRule, Schedule, Standing, Verdict
 
 NEVER_PROBED = -1  # ``gen_probed_at`` of a group there from the start: its first span counts from step 0
 HISTORY_ROUNDS = 256  # probe records kept in the state; older ones are thinned to every other one
@@ -110,6 +110,11 @@ STEP_CLOSURE_FIX = (
     "(zero_grad, forward, backward) and return the loss. This one computed no gradient. A probe "
     "closure (the loss without backward) goes to the constructor, "
     "`GeNAdamW(params, closure=...)`, or to `opt.closure`."
+)
+FLOOR_WARNING = (
+    "group '{name}' reached its rate floor ({floor:.3g}, {fraction:g} of its starting lr): its fits or "
+    "its progress test kept lowering it. It is still probed and tested, so evidence can raise it "
+    "again; a group that should not train can be left out of the mask given to opt.freeze."
 )
 
 
@@ -507,8 +512,9 @@ class GeNAdamW(torch.optim.Optimizer):
         loss = None if closure is None else self._training_closure(closure)
         log = self.state["gen"]
         work = [self._init_group(group) for group in self.param_groups]
-        self._progress(work)
-        due = self._due(work, log["step"])
+        probing = self._probing(work)
+        self._progress(probing)
+        due = self._due(probing, log["step"])
         record = self._probe_round(due, work) if due else None
         for w in work:
             if w.params:
@@ -526,7 +532,16 @@ class GeNAdamW(torch.optim.Optimizer):
             if joint:
                 self._joint_correction(joint, work, record)
             self._log(record)
+        self._check_floors(probing)
         return loss
+
+    @torch.compiler.disable  # host-side logic: torch.compile(opt.step) runs it eagerly
+    def _check_floors(self, probing: list[tuple[GroupWork, RateRule]]) -> None:
+        """Warn, once a group, when the rules have held its rate at the floor (``RateRule.floored``)."""
+        for w, rule in probing:
+            if rule.at_floor(w.group["gen_lr"]):
+                self._warn_once(f"floor {w.group['name']}", FLOOR_WARNING.format(
+                    name=w.group["name"], floor=rule.floor, fraction=RATE_FLOOR))
 
     @torch.compiler.disable  # host-side logic: torch.compile(opt.step) runs it eagerly
     def _training_closure(self, closure: Closure) -> Any:
@@ -545,11 +560,11 @@ class GeNAdamW(torch.optim.Optimizer):
         return loss
 
     @torch.compiler.disable  # host-side logic: torch.compile(opt.step) runs it eagerly
-    def _progress(self, work: list[GroupWork]) -> None:
+    def _progress(self, probing: list[tuple[GroupWork, RateRule]]) -> None:
         """Each testing group's progress test takes this step's ``c_t`` (the cosine between its
         gradient and the previous update's direction, over the tensors that have one), and its
         rate moves by the factor the rule gives (``RateRule.progress_factor``); one host sync for all."""
-        rules = [(w, rule) for w, rule in self._probing(work) if rule.progress]
+        rules = [(w, rule) for w, rule in probing if rule.progress]
         if not rules:
             return
         totals = self._cosine_terms([w for w, _ in rules])
@@ -564,7 +579,7 @@ class GeNAdamW(torch.optim.Optimizer):
             sign = -1.0 if group["maximize"] else 1.0
             test = Progress.of(group).after(sign * dot / np.sqrt(grad_sq * dir_sq))
             test.store(group)
-            group["gen_lr"] *= rule.progress_factor(test)
+            group["gen_lr"] = rule.floored(group["gen_lr"] * rule.progress_factor(test))
 
     @staticmethod
     def _cosine_terms(tested: list[GroupWork]) -> torch.Tensor | None:
@@ -612,16 +627,15 @@ class GeNAdamW(torch.optim.Optimizer):
 
     @staticmethod
     def _probing(work: list[GroupWork]) -> list[tuple[GroupWork, RateRule]]:
-        """The groups GeN acts on now, each with its rule: tensors with gradients, a positive
-        fitted rate, and probing on (the progress test and the probe rounds both read these)."""
+        """The groups GeN acts on this step, each with its rule: tensors with gradients, a
+        positive fitted rate (the rule's floor keeps it so), and probing on."""
         rules = [(w, RateRule.of(w.group)) for w in work if w.params and w.group["gen_lr"] > 0]
         return [(w, rule) for w, rule in rules if rule.probing]
 
     @staticmethod
-    def _due(work: list[GroupWork], step: int) -> list[GroupWork]:
-        """The groups probed at ``step``; under the budget, each probed group first earns its
-        share of this step's credit."""
-        rules = GeNAdamW._probing(work)
+    def _due(rules: list[tuple[GroupWork, RateRule]], step: int) -> list[GroupWork]:
+        """The groups of ``rules`` (``_probing``) probed at ``step``; under the budget, each
+        first earns its share of this step's credit."""
         budgeted = sum(rule.budgeted for _, rule in rules)
         for w, rule in rules:
             if rule.budgeted:
@@ -746,7 +760,8 @@ class GeNAdamW(torch.optim.Optimizer):
         optimum = -slope / curvature if slope < 0 and curvature > 0 else 1.0
         optimum = min(1.0, optimum) if np.isfinite(optimum) else 1.0
         for g in groups:
-            g["gen_lr"] *= max(optimum, RateRule.of(g).joint_floor)
+            rule = RateRule.of(g)
+            g["gen_lr"] = rule.floored(g["gen_lr"] * max(optimum, rule.joint_floor))
             record["groups"][g["name"]]["lr"] = float(self.rate(g))
         record["joint"] = {"loss": loss1, "slope": slope, "curvature": curvature, "scale": optimum}
 

@@ -56,6 +56,11 @@ class GeNAdamWReference(torch.optim.Optimizer):
         return m_hat / (v_hat.sqrt() + group["eps"]) + group["weight_decay"] * p, m, v, t
 
     @staticmethod
+    def floored(group, rate):
+        """No move takes a rate below a millionth of the group's starting rate."""
+        return max(rate, 1e-6 * group["base_lr"])
+
+    @staticmethod
     def pay(group, forwards):
         """A budgeted group pays for its forwards from its credit; one on a fixed interval pays nothing."""
         if group["probe_every"] is None:
@@ -108,9 +113,9 @@ class GeNAdamWReference(torch.optim.Optimizer):
                     continue
                 A, B, r2, _, B_se = fit
                 if not r2 >= group["r2_min"]:
-                    group["gen_lr"] /= 4
+                    group["gen_lr"] = self.floored(group, group["gen_lr"] / 4)
                 elif A > 0 and B >= 2 * B_se and B > 0 and A / B / group["spread"] < group["rate_clip"][0] * group["gen_lr"]:
-                    group["gen_lr"] = max(A / B / group["spread"], group["gen_lr"] / 4)
+                    group["gen_lr"] = self.floored(group, max(A / B / group["spread"], group["gen_lr"] / 4))
                 else:
                     continue
                 lowered.append((group, params))
@@ -144,7 +149,7 @@ class GeNAdamWReference(torch.optim.Optimizer):
         if z > 5:  # the previous update clearly still descends on new gradients: the faster, the clearer
             group["gen_lr"] *= math.exp(min(0.2, 0.01 * (z - 5)))
         elif z < -2:
-            group["gen_lr"] /= 1.05
+            group["gen_lr"] = self.floored(group, group["gen_lr"] / 1.05)
 
     @torch.no_grad()
     def step(self):
@@ -197,7 +202,7 @@ class GeNAdamWReference(torch.optim.Optimizer):
                     self.appi[group["name"]] += span * 2 * (A * step - B * step**2 / 2) / sum(p.numel() for p in group["params"])
                     # the parabola's minimum, spread over the steps the first moment carries d into
                     target = min(max(A / B / group["spread"], lo * group["gen_lr"]), hi * group["gen_lr"])
-                    group["gen_lr"] = smoothing * group["gen_lr"] + (1 - smoothing) * target
+                    group["gen_lr"] = self.floored(group, smoothing * group["gen_lr"] + (1 - smoothing) * target)
                     # a fit may raise the rate only past the moments' transient, when the direction has
                     # clearly descended lately (a tally one standard deviation of a fair coin's above 0)
                     if held or group["descent"] < (1 / (1 - 0.9**2)) ** 0.5:
@@ -208,7 +213,7 @@ class GeNAdamWReference(torch.optim.Optimizer):
                          and r2 >= group["r2_min"]
                          and (held or group["descent"] <= -(1 / (1 - 0.9**2)) ** 0.5))
                         or (warming and uphill and not A <= 0)):  # overshooting (NaN probes too) in warm-up
-                    group["gen_lr"] = smoothing * group["gen_lr"] + (1 - smoothing) * lo * group["gen_lr"]
+                    group["gen_lr"] = self.floored(group, smoothing * group["gen_lr"] + (1 - smoothing) * lo * group["gen_lr"])
                     shrunk = True
                 if group["probe_every"] is None:  # the budget's schedule after this round
                     settled = group["settled"] or group["rounds"] >= group["warmup_rounds"] or (
@@ -235,4 +240,4 @@ class GeNAdamWReference(torch.optim.Optimizer):
             curvature = 2 * (loss1 - loss0 - slope)
             if slope < 0 and curvature > 0 and -slope / curvature < 1:
                 for g in joint:
-                    g["gen_lr"] *= max(-slope / curvature, g["rate_clip"][0])
+                    g["gen_lr"] = self.floored(g, g["gen_lr"] * max(-slope / curvature, g["rate_clip"][0]))

@@ -89,6 +89,13 @@ settings (``RateRule``), a ``Fit`` and the group's fitted rate; nothing here tou
   ``SEARCH_STEP`` at most); the group is then probed again, ``search`` times at most.
 - ``span``: a round's PPI counts in the group's APPI for the steps since its previous round.
 - ``joint_floor``: the least factor the joint correction scales a rate by.
+- ``floored``: no move takes a rate below ``floor``, ``RATE_FLOOR`` (1e-6) times the group's
+  starting rate. Nothing else bounds the progress test's shrink: a group whose test stays
+  below ``-PROGRESS_CLIMB`` loses 5% a step, so the stability task's ``bias`` (3.5e-7 from a
+  start of 1e-4 at step 400, 3.5e-3 of it) would reach float64's underflow (0) about 15,000
+  steps later, and GeNAdamW would then stop probing and testing it without a word. A group
+  held at the floor is still probed and tested, so evidence can raise it again, and GeNAdamW
+  warns that it got there.
 
 ``rate_clip[0]`` serves as the clip floor, the shrink factor, the search trigger and the joint
 floor; the benchmarks measured them together (benchmarks/RESULTS.md), so they stay one knob.
@@ -129,6 +136,8 @@ PROGRESS_GAIN = 0.01  # log-rate one step adds per standard error beyond PROGRES
 PROGRESS_MAX = 0.2  # the most log-rate one step adds (x1.22)
 PROGRESS_CLIMB = 2.0  # a test this many standard errors below 0 shrinks the rate ...
 PROGRESS_SHRINK = 1.05  # ... by this factor a step
+# no rule moves a fitted rate below this fraction of its group's starting rate (``RateRule.floor``)
+RATE_FLOOR = 1e-6
 NO_OVERSHOOT = " (no minimum behind it within the probes: not an overshoot)"
 UNRESOLVED_CLIMB = " (its curvature is below the loss's resolution: not an overshoot)"
 
@@ -273,13 +282,15 @@ class RateRule:
     moment_steps: int = 10  # moment_steps(beta1)
     fit_steps: int | None = None  # None: moment_steps
     progress: bool = True  # the progress test moves the rate between rounds
+    floor: float = 0.0  # no move takes the rate below this: RATE_FLOOR times the group's starting rate
 
     @classmethod
     def of(cls, group: dict[str, Any]) -> RateRule:
         """The rule of a GeNAdamW param group."""
         return cls(group["probe_every"], group["warmup"], group["search"], group["r2_min"], group["smoothing"],
                    tuple(group["rate_clip"]), group["probe_budget"], len(group["probe_scales"]),
-                   moment_steps(group["betas"][0]), group["fit_steps"], group["progress"])
+                   moment_steps(group["betas"][0]), group["fit_steps"], group["progress"],
+                   RATE_FLOOR * group["gen_base_lr"])
 
     @property
     def budgeted(self) -> bool:
@@ -337,6 +348,14 @@ class RateRule:
     def joint_floor(self) -> float:
         """The least factor the joint correction scales a rate by."""
         return self.rate_clip[0]
+
+    def floored(self, rate: float) -> float:
+        """``rate``, or the ``floor`` where it lies below: every move of a rate ends here."""
+        return max(rate, self.floor)
+
+    def at_floor(self, rate: float) -> bool:
+        """Whether the rules have held ``rate`` at the floor (a positive one)."""
+        return 0.0 < rate <= self.floor
 
     def due(self, step: int, schedule: Schedule | None = None) -> bool:
         """Whether the group is probed at ``step`` (under the budget, by its ``schedule``)."""
@@ -468,14 +487,14 @@ class RateRule:
         lo, hi = self.rate_clip
         target = min(max(target, lo * rate), hi * rate)
         smoothing = 0.0 if warming else self.smoothing
-        return smoothing * rate + (1 - smoothing) * target
+        return self.floored(smoothing * rate + (1 - smoothing) * target)
 
     def search_move(self, fit: Fit, rate: float) -> float | None:
         """The lower rate one search fit calls for, or ``None`` when the search is done."""
         if fit.flat:
             return None
         if not fit.r2 >= self.r2_min:  # NaN too: a probe overflowed
-            return rate / SEARCH_STEP
+            return self.floored(rate / SEARCH_STEP)
         if self.judge(fit) is Verdict.ACCEPTED and self.fitted(fit) < self.shrink * rate:
-            return max(self.fitted(fit), rate / SEARCH_STEP)
+            return self.floored(max(self.fitted(fit), rate / SEARCH_STEP))
         return None

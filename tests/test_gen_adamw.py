@@ -9,7 +9,7 @@ from conftest import DEVICES, Net, make_data, rng_state
 from gen_optim import ClosureError, GeNAdamW, group_parameters, iterator_closure, probe
 from gen_optim.gen_adamw_reference import GeNAdamWReference
 from gen_optim.probe import chunks
-from gen_optim.rule import Action, Progress, RateRule, Verdict, moment_steps
+from gen_optim.rule import RATE_FLOOR, Action, Progress, RateRule, Verdict, moment_steps
 
 
 def on(device, *tensors):
@@ -776,3 +776,28 @@ def test_progress_grows_a_rate_whose_updates_keep_descending_and_not_without_it(
             assert Progress.of(opt.param_groups[0]).z > 5 and Progress.of(opt.param_groups[0]).count == 29
     assert rates[False][1:] == [rates[False][1]] * 29  # the one round at step 0; nothing after
     assert rates[True][-1] > 2 * rates[False][-1]
+
+
+def test_a_rate_the_progress_test_keeps_shrinking_stops_at_the_floor_with_a_warning_as_in_the_reference():
+    """Gradients of alternating sign make every update overshoot (c_t = -1 at each step): the
+    progress test shrinks the rate by PROGRESS_SHRINK a step without end. It stops at the floor,
+    RATE_FLOOR times the starting lr, with one warning naming the group, and the group is still
+    tested and probed; the reference takes the same steps."""
+    lr, start = 1.0, 1.5 * RATE_FLOOR  # 9 shrinking steps reach the floor from here
+    weights = [torch.nn.Parameter(torch.ones(3, dtype=torch.float64)) for _ in range(2)]
+    opts = [kind([{"params": [w], "name": "w"}], lambda w=w: (w * 0).sum() + 1.0, lr=lr, weight_decay=0.0)
+            for kind, w in zip((GeNAdamW, GeNAdamWReference), weights)]
+    for opt in opts:
+        opt.param_groups[0]["gen_lr"] = start
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for step in range(40):
+            for w, opt in zip(weights, opts):
+                w.grad = torch.full_like(w, (-1.0) ** step)
+                opt.step()
+            assert opts[0].param_groups[0]["gen_lr"] == pytest.approx(opts[1].param_groups[0]["gen_lr"], rel=1e-12)
+    floor = RATE_FLOOR * lr
+    assert opts[0].param_groups[0]["gen_lr"] == floor and Progress.of(opts[0].param_groups[0]).z < -2
+    assert Progress.of(opts[0].param_groups[0]).count == 39  # still tested at the floor
+    floored = [str(w.message) for w in caught if "rate floor" in str(w.message)]
+    assert len(floored) == 1 and "'w'" in floored[0] and f"{floor:.3g}" in floored[0]

@@ -7,7 +7,7 @@ import pytest
 
 from gen_optim.fit import FLAT_RESOLUTION, Fit, Probes, ppi
 from gen_optim.rule import (DESCENT_MEMORY, CLEAR_TALLY, MAX_INTERVAL, PROGRESS_CLIMB, PROGRESS_GAIN, PROGRESS_MAX,
-                            PROGRESS_SHRINK, PROGRESS_Z, SEARCH_STEP, STEP_FORWARDS, Action, Progress, RateRule,
+                            PROGRESS_SHRINK, PROGRESS_Z, RATE_FLOOR, SEARCH_STEP, STEP_FORWARDS, Action, Progress, RateRule,
                             Schedule, Standing, Verdict, moment_steps)
 
 RULE = RateRule(probe_every=4, warmup=2, search=6, r2_min=0.99, smoothing=0.9, rate_clip=(0.5, 2.0))
@@ -103,7 +103,7 @@ def test_a_fit_calls_for_its_minimum_spread_over_the_moments_steps():
     fit = Fit(1.0, 10.0, 1.0)
     assert RULE.fitted(fit) == pytest.approx(0.1 / moment_steps(0.9)) == pytest.approx(1e-2)
     group = dict(probe_every=None, warmup=10, search=6, r2_min=0.99, smoothing=0.9, rate_clip=(0.5, 2.0),
-                 probe_budget=0.05, probe_scales=(-2.0, -1.0, 1.0, 2.0), fit_steps=None, progress=True)
+                 probe_budget=0.05, probe_scales=(-2.0, -1.0, 1.0, 2.0), fit_steps=None, progress=True, gen_base_lr=1e-3)
     assert RateRule.of(group | {"betas": (0.0, 0.999)}).fitted(fit) == pytest.approx(0.1)
     assert RateRule.of(group | {"betas": (0.95, 0.999)}).fitted(fit) == pytest.approx(0.1 / 20)
     # fit_steps overrides the divisor, and only it: the moments' transient still lasts moment_steps
@@ -189,10 +189,35 @@ def test_due():
 
 def test_of_a_group_and_the_floors():
     group = dict(probe_every=8, warmup=10, search=6, r2_min=0.9, smoothing=0.5, rate_clip=[0.25, 4.0], lr=1.0,
-                 probe_budget=0.2, probe_scales=(-1.0, 1.0, 2.0), betas=(0.95, 0.999), fit_steps=3, progress=False)
+                 probe_budget=0.2, probe_scales=(-1.0, 1.0, 2.0), betas=(0.95, 0.999), fit_steps=3, progress=False,
+                 gen_base_lr=2.0)
     rule = RateRule.of(group)
-    assert rule == RateRule(8, 10, 6, 0.9, 0.5, (0.25, 4.0), 0.2, 3, 20, 3, False)
+    assert rule == RateRule(8, 10, 6, 0.9, 0.5, (0.25, 4.0), 0.2, 3, 20, 3, False, 2.0 * RATE_FLOOR)
     assert rule.shrink == rule.joint_floor == 0.25 and not math.isnan(rule.rate_clip[1])
+
+
+FLOORED = dataclasses.replace(RULE, floor=4e-3)  # a floor just under the cases' rate of 1e-2
+
+
+@pytest.mark.parametrize("name", [n for n in CASES if CASES[n][3] in (Action.FIT, Action.SHRINK)])
+def test_no_decision_moves_a_rate_below_the_floor(name):
+    """Every case that moves the rate of 1e-2 does so as it would without a floor, except that
+    it stops at the floor; a kept or held rate stays whatever the floor."""
+    fit, standing, verdict, action, rate = CASES[name]
+    decision = FLOORED.decide(fit, 1e-2, standing)
+    assert (decision.verdict, decision.action) == (verdict, action)
+    assert decision.rate == pytest.approx(max(rate, 4e-3), rel=1e-12)
+    # a rate at the floor: a shrink leaves it there, and a fit may still raise it
+    at = FLOORED.decide(fit, 4e-3, standing)
+    assert at.rate >= 4e-3 and (at.rate == 4e-3 or at.action is Action.FIT)
+
+
+def test_the_search_stops_at_the_floor_and_the_floor_is_held_only_when_positive():
+    assert FLOORED.search_move(Fit(1.0, 1.0, 0.5), 1e-2) == 4e-3  # a poor fit: rate / SEARCH_STEP = 2.5e-3
+    assert FLOORED.search_move(Fit(1.0, 1e6, 1.0), 1e-2) == 4e-3  # a clean fit far below
+    assert FLOORED.floored(1e-3) == 4e-3 and FLOORED.floored(5e-3) == 5e-3
+    assert FLOORED.at_floor(4e-3) and not FLOORED.at_floor(5e-3)
+    assert RULE.floor == 0.0 and not RULE.at_floor(0.0) and RULE.floored(1e-300) == 1e-300
 
 
 BUDGET = RateRule(None, warmup=3, search=6, r2_min=0.99, smoothing=0.9, rate_clip=(0.5, 2.0), probe_budget=0.1, n_probes=4)
