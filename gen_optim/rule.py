@@ -92,7 +92,7 @@ settings (``RateRule``), a ``Fit`` and the group's fitted rate; nothing here tou
 - ``floored``: no move takes a rate below ``floor``, ``RATE_FLOOR`` (1e-6) times the group's
   starting rate. Nothing else bounds the progress test's shrink: a group whose test stays
   below ``-PROGRESS_CLIMB`` loses 5% a step, so the stability task's ``bias`` (3.5e-7 from a
-  start of 1e-4 at step 400, 3.5e-3 of it) would reach float64's underflow (0) about 15,000
+  start of 1e-3 at step 400, seed 0, 3.5e-4 of it) would reach float64's underflow (0) about 15,000
   steps later, and GeNAdamW would then stop probing and testing it without a word. A group
   held at the floor is still probed and tested, so evidence can raise it again, and GeNAdamW
   warns that it got there.
