@@ -11,7 +11,9 @@ after the other for each seed (interleaved, so the machine's load falls on all a
   transient and 10 more rounds of every group at every step) from each start;
 - with ``--count_ablation``, the budget as a training step was counted before
   (``common.STEP_FORWARDS_BEFORE`` forwards: the credit of ``common.COUNT_BEFORE``) from each start;
-- with ``--budget_ablation``, the earlier default budget (``common.BUDGET_BEFORE``) from each start.
+- with ``--budget_ablation``, the earlier default budget (``common.BUDGET_BEFORE``) from each start;
+- with ``--gift_ablation``, the budget with each group's starting credit a gift, as before 2026-12-07
+  (``common.forgive_debts``), from each start.
 Prints per config: wall time / AdamW's, probe forwards per training step and the compute
 fraction they stand for (``/ STEP_FORWARDS``), the forwards spent until every group's warm-up
 was over (a fixed cost: the rest grows with the run at ``probe_budget``), held-out loss (mean over seeds) against the
@@ -30,7 +32,7 @@ accuracy and wall time side by side (kept in ``--sst2_out``; a rerun resumes).
 
 ``--no-grid`` runs only AdamW 1e-3 and the budget (the cost of a long run).
 
-    python -m benchmarks.budget [--steps 600] [--seeds 0 1 2] [--lrs 1e-4 1e-3 1e-2] [--all_tokens] [--warmup_ablation] [--count_ablation] [--budget_ablation] [--sst2]
+    python -m benchmarks.budget [--steps 600] [--seeds 0 1 2] [--lrs 1e-4 1e-3 1e-2] [--all_tokens] [--warmup_ablation] [--count_ablation] [--budget_ablation] [--gift_ablation] [--sst2]
         [--sst2_quality [--sst2_out runs/budget_sst2.jsonl]] [--no-grid] [--no-stability] [--quick]
 """
 from __future__ import annotations
@@ -52,7 +54,7 @@ from gen_optim import GeNAdamW, group_parameters, replay_closure
 from gen_optim.gen_adamw import GEN_SETTINGS
 from gen_optim.rule import STEP_FORWARDS
 
-from .common import BUDGET_BEFORE, COUNT_BEFORE, STEP_FORWARDS_BEFORE, WARMUP_BEFORE, ProbeForwards
+from .common import BUDGET_BEFORE, COUNT_BEFORE, STEP_FORWARDS_BEFORE, WARMUP_BEFORE, ProbeForwards, forgive_debts
 from .harness import kendall_tau, select_step
 from .stability import held_out_loss, load, model_for
 
@@ -61,12 +63,13 @@ BUDGET = f"budget {GEN_SETTINGS['probe_budget']:g}"  # the defaults' rows
 
 
 def configs(lrs: list[float], unlimited: bool, grid: bool = True, warmup_ablation: bool = False,
-            count_ablation: bool = False, budget_ablation: bool = False) -> dict[str, dict]:
+            count_ablation: bool = False, budget_ablation: bool = False, gift_ablation: bool = False) -> dict[str, dict]:
     """The runs: AdamW 1e-3 (the time reference), the budget from each start, and with ``grid``
     AdamW 3e-4 and 3e-3 and the fixed ``probe_every=8``; with ``unlimited`` the rule without a
     budget; with ``warmup_ablation`` the budget with ``WARMUP_BEFORE`` warm-up rounds; with
     ``count_ablation`` the budget's credit as a step counted ``STEP_FORWARDS_BEFORE`` forwards; with
-    ``budget_ablation`` the budget ``BUDGET_BEFORE``."""
+    ``budget_ablation`` the budget ``BUDGET_BEFORE``; with ``gift_ablation`` the budget whose
+    groups owe nothing for their starting credit (``gift``: ``forgive_debts``)."""
     out = {"adamw 1e-3": dict(lr=1e-3)}
     if grid:
         out |= {"adamw 3e-4": dict(lr=3e-4), "adamw 3e-3": dict(lr=3e-3)}
@@ -80,6 +83,8 @@ def configs(lrs: list[float], unlimited: bool, grid: bool = True, warmup_ablatio
             out[f"step as {STEP_FORWARDS_BEFORE:g} forwards from {lr:g}"] = dict(lr=lr, gen=COUNT_BEFORE)
         if budget_ablation:
             out[f"budget {BUDGET_BEFORE['probe_budget']:g} (before) from {lr:g}"] = dict(lr=lr, gen=BUDGET_BEFORE)
+        if gift_ablation:
+            out[f"credit a gift (before) from {lr:g}"] = dict(lr=lr, gen={}, gift=True)
     if grid:
         out["probe_every 8 from 0.001"] = dict(lr=1e-3, gen=dict(probe_every=8))
     return out
@@ -99,6 +104,8 @@ def run(config: dict, seed: int, data, steps: int, all_tokens: bool, batch: int 
     groups = group_parameters(model)
     if "gen" in config:
         opt = GeNAdamW(groups, replay_closure(model), lr=config["lr"], **config["gen"])
+        if config.get("gift"):
+            forgive_debts(opt)
     else:
         opt = torch.optim.AdamW(groups, lr=config["lr"])
     probes = ProbeForwards(model)
@@ -184,7 +191,8 @@ def sst2_quality(out: Path, seeds: list[int], quick: bool) -> None:
 def stability_task(args: argparse.Namespace) -> None:
     """The stability task's table: cost, held-out loss and the APPI ranking of each config."""
     data = load()
-    todo = configs(args.lrs, args.unlimited, args.grid, args.warmup_ablation, args.count_ablation, args.budget_ablation)
+    todo = configs(args.lrs, args.unlimited, args.grid, args.warmup_ablation, args.count_ablation, args.budget_ablation,
+                   args.gift_ablation)
     results: dict[str, list[dict]] = {name: [] for name in todo}
     for seed in args.seeds:
         for name, config in todo.items():
@@ -241,6 +249,8 @@ def main() -> None:
                         help=f"also the budget with a step counted as {STEP_FORWARDS_BEFORE:g} forwards (before) from each start")
     parser.add_argument("--budget_ablation", action="store_true",
                         help=f"also the earlier default budget {BUDGET_BEFORE['probe_budget']:g} from each start")
+    parser.add_argument("--gift_ablation", action="store_true",
+                        help="also the budget with each group's starting credit a gift (before 2026-12-07) from each start")
     parser.add_argument("--sst2", action="store_true", help="also the APPI ranking on SST-2 (MiniLM, 2 blocks)")
     parser.add_argument("--sst2_quality", action="store_true",
                         help="also dev accuracy on SST-2 (MiniLM full fine-tuning), budget against unlimited")

@@ -23,6 +23,13 @@ COUNT_BEFORE = dict(probe_budget=GEN_SETTINGS["probe_budget"] * STEP_FORWARDS_BE
 BUDGET_BEFORE = dict(probe_budget=0.1)
 
 
+def forgive_debts(opt) -> None:
+    """The budget as it was until 2026-12-07: each group's starting credit a gift, not a loan
+    that its earnings repay first (``RateRule.earn``): a fresh GeNAdamW's groups owe nothing."""
+    for group in opt.param_groups:
+        group["gen_debt"] = 0.0
+
+
 def gpt2(layers: int, width: int, seq: int, device: str) -> GPT2LMHeadModel:
     torch.manual_seed(0)
     config = GPT2Config(n_layer=layers, n_embd=width, n_head=4, vocab_size=VOCAB, n_positions=seq)

@@ -23,12 +23,14 @@ Prints, measured side by side in one run (configurations interleaved, medians of
   ``--warmup_ablation``, also GeNAdamW with the earlier default warm-up (``common.WARMUP_BEFORE``
   rounds after the moments' transient); with ``--count_ablation``, also GeNAdamW with the budget's
   credit as a training step was counted before (``common.STEP_FORWARDS_BEFORE`` forwards); with
-  ``--budget_ablation``, also GeNAdamW with the earlier default budget (``common.BUDGET_BEFORE``).
+  ``--budget_ablation``, also GeNAdamW with the earlier default budget (``common.BUDGET_BEFORE``); with
+  ``--gift_ablation``, also GeNAdamW with each group's starting credit a gift, as before 2026-12-07
+  (``common.forgive_debts``).
 
 ``--quick``: a 1-layer GPT-2 of width 32, 24-step whole runs, one round (mechanics only, for CI).
 
     python -m benchmarks.overhead [--device cuda] [--rounds 5]
-        [--whole_run 1000 [--whole_repeats 2] [--chunk_ablation] [--warmup_ablation] [--count_ablation] [--budget_ablation]] [--quick]
+        [--whole_run 1000 [--whole_repeats 2] [--chunk_ablation] [--warmup_ablation] [--count_ablation] [--budget_ablation] [--gift_ablation]] [--quick]
 """
 from __future__ import annotations
 
@@ -37,8 +39,8 @@ import dataclasses
 import statistics
 
 import torch
-from benchmarks.common import (BUDGET_BEFORE, COUNT_BEFORE, STEP_FORWARDS_BEFORE, WARMUP_BEFORE, ProbeForwards, batches, gpt2,
-                               interleaved_step_times, peak_memory, timed, train_steps)
+from benchmarks.common import (BUDGET_BEFORE, COUNT_BEFORE, STEP_FORWARDS_BEFORE, WARMUP_BEFORE, ProbeForwards, batches,
+                               forgive_debts, gpt2, interleaved_step_times, peak_memory, timed, train_steps)
 
 from gen_optim import GeNAdamW, group_parameters, probe, replay_closure
 from gen_optim.rule import STEP_FORWARDS
@@ -101,6 +103,8 @@ def main():
                         help=f"whole runs also with a step counted as {STEP_FORWARDS_BEFORE:g} forwards (before)")
     parser.add_argument("--budget_ablation", action="store_true",
                         help=f"whole runs also with probe_budget={BUDGET_BEFORE['probe_budget']:g} (the earlier default)")
+    parser.add_argument("--gift_ablation", action="store_true",
+                        help="whole runs also with each group's starting credit a gift (before 2026-12-07)")
     parser.add_argument("--quick", action="store_true", help="a tiny GPT-2, short whole runs: mechanics only")
     args = parser.parse_args()
     if args.quick:
@@ -168,9 +172,11 @@ def optimizer_step_times(args, steps=50):
 
 @dataclasses.dataclass(frozen=True)
 class WholeRunVariant:
-    """A GeNAdamW configuration of the whole runs: its probe chunk and its settings."""
+    """A GeNAdamW configuration of the whole runs: its probe chunk, its settings, and whether its
+    groups' starting credit is a gift (``common.forgive_debts``)."""
     chunk: int = probe.PROBE_CHUNK
     settings: dict = dataclasses.field(default_factory=dict)
+    gift: bool = False
 
 
 def whole_runs(args):
@@ -191,6 +197,8 @@ def whole_runs(args):
     if args.budget_ablation:
         variants[f"GeNAdamW, probe_budget={BUDGET_BEFORE['probe_budget']:g} (the earlier default)"] = WholeRunVariant(
             settings=BUDGET_BEFORE)
+    if args.gift_ablation:
+        variants["GeNAdamW, the starting credit a gift (before)"] = WholeRunVariant(gift=True)
     default_chunk = probe.PROBE_CHUNK
     seconds = {"AdamW": []} | {kind: [] for kind in variants}
     in_step = {kind: [] for kind in seconds}  # of each run's time, the part inside opt.step()
@@ -203,6 +211,8 @@ def whole_runs(args):
                 opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
             else:
                 opt = GeNAdamW(group_parameters(model), replay_closure(model), lr=1e-4, **variants[kind].settings)
+                if variants[kind].gift:
+                    forgive_debts(opt)
                 probe.PROBE_CHUNK = variants[kind].chunk
             probes.count = 0
             stepping = [0.0]

@@ -2,8 +2,8 @@
 each group's influence (PPI/APPI) for AdaPEFT's subset selection.
 
 A *probe round* runs before the update for the groups that are due: by default as often as
-``probe_budget`` allows (after warm-up, probes cost at most that fraction of the training
-compute, counted in forwards; see ``rule.Schedule``), or every ``probe_every`` steps and at each
+``probe_budget`` allows (over a run long enough to repay each group's starting credit, probes
+cost at most that fraction of the training compute, counted in forwards; see ``rule.Schedule``), or every ``probe_every`` steps and at each
 of the first ``ceil(1 / (1 - beta1)) + warmup`` steps when ``probe_every`` is given:
 
 0. in each group's first round, a backtracking line search (``search`` re-probes at most) lowers
@@ -154,7 +154,7 @@ def _check_gen(group: dict[str, Any]) -> None:
         raise ValueError(f"probe_every must be None (the budget schedules), or an int >= 0 (a fixed interval; 0 "
                          f"turns probing off), got {every!r}")
     if isinstance(budget, bool) or not isinstance(budget, float | int) or not 0 < budget < float("inf"):
-        raise ValueError(f"probe_budget is the most probing may add to the training compute after warm-up, a "
+        raise ValueError(f"probe_budget is the most probing may add to the training compute over a run, a "
                          f"fraction > 0 (e.g. 0.05), got {budget!r}; turn probing off with probe_every=0")
     if len(set(scales)) < 3 or 0.0 in scales:
         raise ValueError(f"probe_scales needs at least 3 distinct non-zero values to fit and judge a parabola, "
@@ -294,8 +294,11 @@ class GeNAdamW(torch.optim.Optimizer):
             starting rate.
         probe_every: ``None`` (default): the budget schedules the probe rounds; an int: a fixed
             interval between rounds instead (0 turns probing off: plain AdamW).
-        probe_budget: the most probing may add to the training compute after warm-up, as a
-            fraction (forwards counted; a training step counts as ``rule.STEP_FORWARDS``).
+        probe_budget: the most probing adds to the training compute over a run, as a fraction
+            (forwards counted; a training step counts as ``rule.STEP_FORWARDS``). Each group's
+            first round's search (and warm-up) is lent to it as a starting credit that its share
+            of the budget repays before it pays for later rounds, so a run too short to repay it
+            spends that credit (``RateRule.warmup_credit`` forwards a group) and no more.
         probe_scales: the multiples ``s_j`` of a group's rate at which it is probed.
         r2_min: the least ``R^2`` of a fit that may set a rate.
         smoothing: weight of the old rate in ``lr <- smoothing lr + (1 - smoothing) target``.
@@ -433,6 +436,8 @@ class GeNAdamW(torch.optim.Optimizer):
                 group["gen_probed_at"] = _last_probed(self.state["gen"], group["name"])
             if any(k not in group for k in Progress.KEYS):  # from before the progress test: it starts afresh
                 Progress().store(group)
+            if "gen_credit" in group:  # from before the debt (2026-12-07): its starting credit was not owed
+                group.setdefault("gen_debt", 0.0)
             if any(k not in group for k in Schedule.KEYS):  # from 0.1.0 or AdamW: warm-up only if not done
                 RateRule.of(group).first_schedule(group["gen_rounds"]).store(group)
             appi.setdefault(group["name"], 0.0)
@@ -635,11 +640,11 @@ class GeNAdamW(torch.optim.Optimizer):
     @staticmethod
     def _due(rules: list[tuple[GroupWork, RateRule]], step: int) -> list[GroupWork]:
         """The groups of ``rules`` (``_probing``) probed at ``step``; under the budget, each
-        first earns its share of this step's credit."""
+        first earns its share of this step's budget (``RateRule.earn``)."""
         budgeted = sum(rule.budgeted for _, rule in rules)
         for w, rule in rules:
             if rule.budgeted:
-                w.group["gen_credit"] += rule.earned(budgeted)
+                rule.earn(Schedule.of(w.group), budgeted).store(w.group)
         return [w for w, rule in rules if rule.due(step, Schedule.of(w.group))]
 
     @staticmethod

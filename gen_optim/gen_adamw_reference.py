@@ -41,6 +41,7 @@ class GeNAdamWReference(torch.optim.Optimizer):
             group["spread"] = group["moment_steps"] if group["fit_steps"] is None else group["fit_steps"]
             # the budget's schedule: forwards it may spend, when it is next due, how often, warm-up over
             group["credit"] = (group["warmup_rounds"] + group["search"]) * (len(group["probe_scales"]) + 1.0)
+            group["debt"] = group["credit"]  # lent: what the budget earns repays it before it adds credit
             group["next"], group["interval"], group["settled"] = 0, 1, group["warmup"] == 0
             group["probed_at"] = -1  # the step of its last round: a round's PPI counts for the steps since
             self.appi[group["name"]] = 0.0
@@ -160,7 +161,10 @@ class GeNAdamWReference(torch.optim.Optimizer):
         with_grads = [(g, params) for g, params in with_grads if params and g["gen_lr"] > 0 and g["probe_every"] != 0]
         budgeted = [g for g, _ in with_grads if g["probe_every"] is None]
         for g in budgeted:  # each step earns the budgeted groups their share of the budget, in forwards (a step: 2)
-            g["credit"] += g["probe_budget"] * 2.0 / len(budgeted)
+            earned = g["probe_budget"] * 2.0 / len(budgeted)
+            repaid = min(earned, g["debt"])
+            g["debt"] -= repaid
+            g["credit"] += earned - repaid
         active = [(g, params) for g, params in with_grads
                   if ((g["credit"] >= -1e-9 and self.t >= g["next"]) if g["probe_every"] is None
                       else (self.t < g["warmup_rounds"] or self.t % g["probe_every"] == 0))]
@@ -218,8 +222,9 @@ class GeNAdamWReference(torch.optim.Optimizer):
                 if group["probe_every"] is None:  # the budget's schedule after this round
                     settled = group["settled"] or group["rounds"] >= group["warmup_rounds"] or (
                         not held and accepted and lo * old <= A / B / group["spread"] <= hi * old)
-                    if settled and not group["settled"]:
-                        group["credit"] = min(group["credit"], 0.0)  # warm-up's unspent credit is dropped
+                    if settled and not group["settled"]:  # warm-up's unspent credit is dropped, and not owed
+                        group["debt"] = max(group["debt"] - max(group["credit"], 0.0), 0.0)
+                        group["credit"] = min(group["credit"], 0.0)
                     moved = shrunk or not 1 / 1.05 < group["gen_lr"] / old < 1.05
                     group["interval"] = 1 if not settled or moved else min(2 * group["interval"], 256)
                     group["next"], group["settled"] = self.t + group["interval"], settled

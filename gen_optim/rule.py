@@ -8,12 +8,16 @@ settings (``RateRule``), a ``Fit`` and the group's fitted rate; nothing here tou
   default) each group keeps a ``Schedule``: it earns ``probe_budget * STEP_FORWARDS / K``
   forwards of *credit* per training step (K groups share the budget), pays for each probe it
   gets, and is due when its credit is not negative and its interval has passed. It starts
-  with the credit of its warm-up (``warmup`` rounds and ``search`` re-probes); its warm-up
-  lasts until a fit settles its rate (an accepted fit whose fitted rate lies within
-  ``rate_clip`` of the rate) or ``warmup`` rounds
-  have run, and the credit warm-up left over is then dropped, so that after warm-up probing
-  costs at most ``probe_budget`` of the training compute. Without a warm-up (the default) a
-  group spends what its first round's search left of that credit on its next rounds. After
+  with the credit of its warm-up (``warmup`` rounds and ``search`` re-probes), *lent*: it
+  starts with the same *debt*, and its earnings repay the debt before they add credit
+  (``earn``), so that over a run long enough to repay it probing costs at most
+  ``probe_budget`` of the training compute, and a shorter run spends the starting credit and
+  no more (until 2026-12-07 the credit was a gift: a 1000-step run spent 5 points of AdamW's
+  time on it beside the budget's 5). Its warm-up lasts until a fit settles its rate (an
+  accepted fit whose fitted rate lies within ``rate_clip`` of the rate) or ``warmup`` rounds
+  have run, and the credit warm-up left over is then dropped, and no longer owed. Without a
+  warm-up (the default) a group spends what its first round's search left of that credit on
+  its next rounds. After
   warm-up the interval doubles while the rate is steady (a round moves it by less than
   ``STEADY``) and falls back to one step when it moves.
 - ``judge``: a fit may set the rate only when it is finite, not flat, a descent direction
@@ -204,21 +208,23 @@ class Decision:
 @dataclass(frozen=True)
 class Schedule:
     """One group's probe schedule under the budget, kept in its param group as ``gen_credit``,
-    ``gen_next``, ``gen_interval`` and ``gen_settled``."""
+    ``gen_next``, ``gen_interval``, ``gen_settled`` and ``gen_debt``."""
 
     credit: float  # forwards the group may still spend on probes; it waits while this is < 0
     next_step: int  # the first step at which it may be probed again
     interval: int  # steps from one round to the next while the credit allows
     settled: bool  # its warm-up is over
+    debt: float = 0.0  # forwards of its starting credit still owed: its earnings repay them before they add credit
 
-    KEYS = ("gen_credit", "gen_next", "gen_interval", "gen_settled")
+    KEYS = ("gen_credit", "gen_next", "gen_interval", "gen_settled", "gen_debt")
 
     @classmethod
     def of(cls, group: dict[str, Any]) -> Schedule:
         return cls(*(group[k] for k in cls.KEYS))
 
     def store(self, group: dict[str, Any]) -> None:
-        group.update(zip(self.KEYS, (float(self.credit), int(self.next_step), int(self.interval), bool(self.settled))))
+        group.update(zip(self.KEYS, (float(self.credit), int(self.next_step), int(self.interval), bool(self.settled),
+                                     float(self.debt))))
 
 
 @dataclass(frozen=True)
@@ -311,9 +317,10 @@ class RateRule:
         of its warm-up (``warmup_rounds`` rounds and the first round's ``search`` re-probes)
         while that is still to come."""
         if rounds == 0:
-            return Schedule(self.warmup_credit, 0, 1, self.warmup == 0)
+            return Schedule(self.warmup_credit, 0, 1, self.warmup == 0, self.warmup_credit)
         settled = rounds >= self.warmup_rounds
-        return Schedule(0.0 if settled else self.warmup_credit, 0, 1, settled)
+        credit = 0.0 if settled else self.warmup_credit
+        return Schedule(credit, 0, 1, settled, credit)
 
     @property
     def warmup_credit(self) -> float:
@@ -322,8 +329,16 @@ class RateRule:
         return (self.warmup_rounds + self.search) * (self.n_probes + 1.0)
 
     def earned(self, groups: int) -> float:
-        """The credit one training step earns each of ``groups`` probed groups."""
+        """The forwards one training step earns each of ``groups`` probed groups."""
         return self.probe_budget * STEP_FORWARDS / max(groups, 1)
+
+    def earn(self, schedule: Schedule, groups: int) -> Schedule:
+        """``schedule`` after one training step of ``groups`` probed groups: what the step earns
+        repays the group's debt (the starting credit it was lent) first, and only the rest adds
+        to its credit."""
+        earned = self.earned(groups)
+        repaid = min(earned, schedule.debt)
+        return replace(schedule, credit=schedule.credit + earned - repaid, debt=schedule.debt - repaid)
 
     def after_round(self, schedule: Schedule, step: int, rounds: int, fit: Fit, decision: Decision,
                     old_rate: float, held: bool = False) -> Schedule:
@@ -333,11 +348,13 @@ class RateRule:
         settled = schedule.settled or rounds >= self.warmup_rounds or (
             not held and decision.accepted and lo * old_rate <= self.fitted(fit) <= hi * old_rate)
         # warm-up's unspent credit goes when it ends; without a warm-up the search's pays for the first rounds
-        # (dropping it after the first round cost APPI's ranking where Part I selects: benchmarks/RESULTS.md)
+        # (dropping it after the first round cost APPI's ranking where Part I selects: benchmarks/RESULTS.md);
+        # credit dropped unspent is not owed
         credit = min(schedule.credit, 0.0) if settled and not schedule.settled else schedule.credit
+        debt = max(schedule.debt - (schedule.credit - credit), 0.0)
         moved = decision.action is Action.SHRINK or not (1 / STEADY < decision.rate / old_rate < STEADY)
         interval = 1 if not settled or moved else min(2 * schedule.interval, MAX_INTERVAL)
-        return Schedule(credit, step + interval, interval, settled)
+        return Schedule(credit, step + interval, interval, settled, debt)
 
     @property
     def shrink(self) -> float:

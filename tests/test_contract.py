@@ -422,6 +422,25 @@ def test_adamw_checkpoint_switches_to_gen_with_its_moments():
     assert on.history and 3e-3 / 16 <= on.param_groups[0]["gen_lr"] <= 3e-3 * 16
 
 
+def test_checkpoint_from_before_the_debt_keeps_its_credit_and_owes_nothing():
+    """A budget's schedule saved before the starting credit was lent (no ``gen_debt``) resumes
+    with its credit as it was and no debt: its run began with the credit as a gift; a fresh
+    optimizer's groups owe theirs."""
+    from gen_optim.rule import Schedule
+
+    params = make_params()
+    opt = GeNAdamW(params, closure_over(params), lr=1e-2)
+    assert Schedule.of(opt.param_groups[0]).debt == opt.param_groups[0]["gen_credit"] > 0
+    train(opt, params, 3)
+    saved = copy.deepcopy(opt.state_dict())
+    credit = saved["param_groups"][0]["gen_credit"]
+    del saved["param_groups"][0]["gen_debt"]
+    resumed = GeNAdamW(make_params(), closure_over(params), lr=1e-2)
+    resumed.load_state_dict(saved)
+    assert Schedule.of(resumed.param_groups[0]) == Schedule(credit, saved["param_groups"][0]["gen_next"],
+                                                            saved["param_groups"][0]["gen_interval"], True, 0.0)
+
+
 def test_checkpoints_of_older_torch_load():
     params = make_params()
     opt = make("gen_on", params)

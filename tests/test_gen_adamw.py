@@ -9,7 +9,7 @@ from conftest import DEVICES, Net, make_data, rng_state
 from gen_optim import ClosureError, GeNAdamW, group_parameters, iterator_closure, probe
 from gen_optim.gen_adamw_reference import GeNAdamWReference
 from gen_optim.probe import chunks
-from gen_optim.rule import RATE_FLOOR, Action, Progress, RateRule, Verdict, moment_steps
+from gen_optim.rule import RATE_FLOOR, Action, Progress, RateRule, Schedule, Verdict, moment_steps
 
 
 def on(device, *tensors):
@@ -88,6 +88,7 @@ EQUIVALENCE = {
                                                                        unresolved=True),
     "budget with the earlier default warm-up": dict(probe_every=None, warmup=10, steps=40),
     "budget, short warm-up, joint": dict(probe_every=None, probe_budget=0.5, warmup=2, joint=True, steps=40),
+    "budget that repays its debt in the run": dict(probe_every=None, probe_budget=2.0, search=1, steps=40, repaid=True),
     "budget per group beside a fixed interval": dict(
         probe_every=None, steps=40, groups={"others": dict(probe_budget=1.0), "head": dict(probe_every=4),
                                             "norm": dict(probe_scales=(-1.0, 1.0, 2.0), warmup=0, joint=True)}),
@@ -102,7 +103,7 @@ def test_matches_reference_step_for_step(name, device):
     twin = copy.deepcopy(model)
     kw = BASE | EQUIVALENCE[name]
     per_group, scheduler, steps = kw.pop("groups", {}), kw.pop("scheduler", None), kw.pop("steps", 12)
-    unresolved, progressed = kw.pop("unresolved", False), kw.pop("progressed", False)
+    unresolved, progressed, repaid = kw.pop("unresolved", False), kw.pop("progressed", False), kw.pop("repaid", False)
     moved_by_progress = False
 
     def groups(m):
@@ -127,8 +128,9 @@ def test_matches_reference_step_for_step(name, device):
             # test reaches, to 1e-9 in a weight; a decision taken differently moves a rate by 5% or more
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)
         assert [g["gen_lr"] for g in ours.param_groups] == pytest.approx([g["gen_lr"] for g in ref.param_groups], rel=1e-7)
-        assert [(g["gen_credit"], g["gen_next"], g["gen_interval"], g["gen_settled"]) for g in ours.param_groups] == [
-            (pytest.approx(g["credit"], abs=1e-9), g["next"], g["interval"], g["settled"]) for g in ref.param_groups]
+        assert [Schedule.of(g) for g in ours.param_groups] == [
+            Schedule(pytest.approx(g["credit"], abs=1e-9), g["next"], g["interval"], g["settled"],
+                     pytest.approx(g["debt"], abs=1e-9)) for g in ref.param_groups]
         assert [Progress.of(g) for g in ours.param_groups] == [
             Progress(pytest.approx(g["test_mean"], rel=1e-7, abs=1e-12), pytest.approx(g["test_variance"], rel=1e-7, abs=1e-15),
                      g["test_count"]) for g in ref.param_groups]
@@ -145,6 +147,9 @@ def test_matches_reference_step_for_step(name, device):
                    for r in ours.history for e in r["groups"].values())
     if progressed:  # the progress test moved rates between rounds
         assert moved_by_progress
+    if repaid:  # every group repaid its starting credit and then probed on the budget's earnings
+        assert all(g["gen_debt"] == 0 for g in ours.param_groups)
+        assert all(sum(name in r["groups"] for r in ours.history) > 2 for name in ours.state["appi"])
     if not kw.get("progress", True):
         assert not moved_by_progress and all(Progress.of(g).count == 0 for g in ours.param_groups)
     if "progress" in per_group.get("others", {}):
@@ -600,9 +605,10 @@ def test_a_fixed_interval_pays_no_credit_and_moving_to_the_budget_probes_at_once
 @pytest.mark.parametrize("warmup", [0, 3])
 @pytest.mark.parametrize("budget", [0.05, 0.2])
 def test_the_budget_bounds_the_probe_forwards(budget, warmup):
-    """Counted closure calls: the whole run spends at most the warm-up's credit (with no
-    warm-up, the first round's search), the budget's share of the training steps and one round
-    per group; after warm-up, the budget alone."""
+    """Counted closure calls: a group's starting credit (its first round's search and warm-up)
+    is lent to it, so over the run it spends that credit or its share of the budget, whichever
+    is more, and at most one round beyond; its earnings repay the debt before they pay for a
+    round, and once every group has repaid, probing goes on at the budget's rate."""
     from gen_optim.rule import STEP_FORWARDS, moment_steps
 
     torch.manual_seed(0)
@@ -614,26 +620,34 @@ def test_the_budget_bounds_the_probe_forwards(budget, warmup):
         calls[0] += 1
         return F.mse_loss(model(tokens), target)
 
-    search, scales = 2, (-2.0, -1.0, 1.0, 2.0)
+    steps, search, scales = 1000, 2, (-2.0, -1.0, 1.0, 2.0)
     opt = GeNAdamW(group_parameters(model), closure, lr=1e-2, probe_budget=budget, warmup=warmup, search=search)
     groups = len(opt.param_groups)
-    spent = []
-    for _ in range(400):
+    lent = groups * ((moment_steps(0.9) + warmup if warmup else 0) + search) * (len(scales) + 1)
+    assert sum(g["gen_debt"] for g in opt.param_groups) == lent
+    spent, repaid_at, credit_then = [], None, 0.0
+    for t in range(steps):
         opt.zero_grad()
         F.mse_loss(model(tokens), target).backward()
         opt.step()
         spent.append(calls[0])
-        if warmup == 0 and len(spent) == 1:  # no warm-up: every group probed at step 0, settled from then on
+        if warmup == 0 and t == 0:  # no warm-up: every group probed at step 0, settled from then on
             assert [r["step"] for r in opt.history] == [0] and len(opt.history[0]["groups"]) == groups
             assert all(g["gen_settled"] for g in opt.param_groups)
+        if repaid_at is None and all(g["gen_debt"] == 0 for g in opt.param_groups):
+            repaid_at, credit_then = t, sum(max(g["gen_credit"], 0.0) for g in opt.param_groups)
     one_round = len(scales) * (search + 1) + search + 1  # a group's probes and L0s in its first round, at most
-    warmup_rounds = moment_steps(0.9) + warmup if warmup else 0
-    assert spent[-1] <= groups * (warmup_rounds + search) * (len(scales) + 1) + budget * STEP_FORWARDS * 400 + groups * one_round
+    earned = budget * STEP_FORWARDS * steps
+    assert spent[-1] <= max(lent, earned) + groups * one_round
+    if earned >= 2 * lent:  # long enough to repay the loan: the budget holds over the whole run
+        assert repaid_at is not None and spent[-1] <= earned + groups * one_round
+        after = spent[-1] - spent[repaid_at]
+        rest = budget * STEP_FORWARDS * (steps - 1 - repaid_at)
+        assert after <= rest + credit_then + groups * (len(scales) + 1)
+        assert after >= 0.5 * rest  # and it is spent: rounds go on
+    else:  # too short: the starting credit, no more
+        assert spent[-1] <= lent + groups * one_round
     assert all(g["gen_settled"] for g in opt.param_groups)
-    settled_by = 100  # every group has settled by now (warm-up is at most `warmup` rounds of one step)
-    after = spent[-1] - spent[settled_by - 1]
-    assert after <= budget * STEP_FORWARDS * (400 - settled_by) + groups * (len(scales) + 1)
-    assert after >= 0.5 * budget * STEP_FORWARDS * (400 - settled_by)  # and it is spent: rounds go on
 
 
 def test_progress_test_measures_the_gradient_against_the_previous_update_closed_form():

@@ -212,13 +212,14 @@ def table_rows(text):
 def test_overhead_quick():
     """The cost benchmark end to end on a tiny GPT-2: the step-time lines, ``opt.step()`` alone,
     and a whole-run row per variant whose compute fraction is its forwards / ``STEP_FORWARDS``."""
-    out = quick_benchmark("overhead", "--warmup_ablation", "--count_ablation", "--budget_ablation").stdout
+    out = quick_benchmark("overhead", "--warmup_ablation", "--count_ablation", "--budget_ablation", "--gift_ablation").stdout
     assert "GeNAdamW probing off / AdamW" in out and "opt.step() alone between rounds" in out
     rows = re.findall(r"^  (GeNAdamW[^:]*): .* ratio ([\d.]+) .*, paired ([\d.]+); ([\d.]+) probe forwards per step, "
                       r"a compute fraction of ([\d.]+)$", out, flags=re.MULTILINE)
     assert [row[0] for row in rows] == ["GeNAdamW at its defaults", "GeNAdamW, warmup=10 (the earlier default)",
                                         "GeNAdamW, a step counted as 3 forwards (before)",
-                                        "GeNAdamW, probe_budget=0.1 (the earlier default)"]
+                                        "GeNAdamW, probe_budget=0.1 (the earlier default)",
+                                        "GeNAdamW, the starting credit a gift (before)"]
     for _, ratio, paired, forwards, fraction in rows:
         assert float(ratio) > 0 and float(paired) > 0 and float(forwards) > 0
         # printed to 3 decimals each
@@ -241,16 +242,18 @@ def test_budget_quick(tmp_path, capsys):
     forwards are part of its probe forwards, and its compute fraction is theirs /
     ``STEP_FORWARDS``; the earlier default warm-up (``--warmup_ablation``) spends more before it
     settles; the earlier count of a step (``--count_ablation``) and the earlier budget
-    (``--budget_ablation``) have their rows; on SST-2
+    (``--budget_ablation``) have their rows, and the starting credit as a gift
+    (``--gift_ablation``) probes at least as much as the loan; on SST-2
     the budget and the unlimited rule each train once, resumed from the ledger on a rerun."""
     out = tmp_path / "budget_sst2.jsonl"
     done = quick_benchmark("budget", "--no-grid", "--warmup_ablation", "--count_ablation", "--budget_ablation",
-                           "--sst2_out", str(out))
+                           "--gift_ablation", "--sst2_out", str(out))
     stability, _, quality = done.stdout.partition("full fine-tuning, 16 steps")
     rows = table_rows(stability)
     header = rows.pop("config")
     assert list(rows) == ["adamw 1e-3", "budget 0.05 from 0.001", "unlimited from 0.001", "warmup 10 from 0.001",
-                          "step as 3 forwards from 0.001", "budget 0.1 (before) from 0.001"]
+                          "step as 3 forwards from 0.001", "budget 0.1 (before) from 0.001",
+                          "credit a gift (before) from 0.001"]
     col = {name: header.index(name) for name in ("probe forwards / step", "compute fraction", "warm-up forwards")}
     adamw, budget = rows["adamw 1e-3"], rows["budget 0.05 from 0.001"]
     assert float(adamw[col["probe forwards / step"]]) == 0.0 and adamw[col["warm-up forwards"]] == ""
@@ -260,6 +263,7 @@ def test_budget_quick(tmp_path, capsys):
         assert float(row[col["compute fraction"]]) == pytest.approx(
             forwards / STEP_FORWARDS, abs=0.005 / STEP_FORWARDS + 0.0005 + 1e-9)
     forwards = float(budget[col["probe forwards / step"]])
+    assert float(rows["credit a gift (before) from 0.001"][col["probe forwards / step"]]) >= forwards
     assert 0 < int(budget[col["warm-up forwards"]]) <= forwards * 40 + 0.5  # 40 steps in --quick
     # the earlier default's warm-up probes every group in each of its first rounds: it costs more
     assert int(rows["warmup 10 from 0.001"][col["warm-up forwards"]]) > int(budget[col["warm-up forwards"]])

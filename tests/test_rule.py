@@ -227,13 +227,30 @@ FIT_FAR = Fit(1.0, 1.0, 1.0)  # minimum at 1: clipped to twice the rate
 
 def test_budget_due_needs_credit_and_interval():
     # warm-up's credit: the moments' 10 rounds, 3 more and 6 search re-probes, each 4 probes + L0
-    assert BUDGET.first_schedule() == Schedule((10 + 3 + 6) * 5.0, 0, 1, False)
-    assert BUDGET.first_schedule(rounds=13) == Schedule(0.0, 0, 1, True)
-    assert BUDGET.first_schedule(rounds=12) == Schedule((10 + 3 + 6) * 5.0, 0, 1, False)
+    # (lent: the debt its earnings repay first)
+    assert BUDGET.first_schedule() == Schedule((10 + 3 + 6) * 5.0, 0, 1, False, (10 + 3 + 6) * 5.0)
+    assert BUDGET.first_schedule(rounds=13) == Schedule(0.0, 0, 1, True, 0.0)
+    assert BUDGET.first_schedule(rounds=12) == Schedule((10 + 3 + 6) * 5.0, 0, 1, False, (10 + 3 + 6) * 5.0)
     assert BUDGET.due(0, Schedule(0.0, 0, 1, True)) and BUDGET.due(5, Schedule(-1e-12, 5, 1, True))
     assert not BUDGET.due(5, Schedule(-0.1, 5, 1, True)) and not BUDGET.due(4, Schedule(10.0, 5, 1, True))
     assert BUDGET.earned(groups=6) == pytest.approx(0.1 * STEP_FORWARDS / 6)
     assert BUDGET.warming(100, Schedule(0.0, 0, 1, False)) and not BUDGET.warming(0, Schedule(0.0, 0, 1, True))
+
+
+# a step's earnings (0.1 x 2 forwards over 4 groups: 0.05) repay the debt before they add credit
+EARN = {
+    "no debt: all to credit": (Schedule(-1.0, 5, 2, True), Schedule(-0.95, 5, 2, True)),
+    "a debt larger than the earnings takes them all": (Schedule(3.0, 5, 2, True, 1.0), Schedule(3.0, 5, 2, True, 0.95)),
+    "the last of a debt, the rest to credit": (Schedule(-1.0, 5, 2, True, 0.02), Schedule(-0.97, 5, 2, True, 0.0)),
+}
+
+
+@pytest.mark.parametrize("name", EARN)
+def test_earnings_repay_the_debt_first(name):
+    before, after = EARN[name]
+    earned = BUDGET.earn(before, groups=4)
+    assert earned == dataclasses.replace(after, credit=pytest.approx(after.credit), debt=pytest.approx(after.debt, abs=1e-15))
+    assert earned.credit - earned.debt == pytest.approx(before.credit - before.debt + 0.05)  # net of its debt
 
 
 # schedule before, rounds so far (this one counted), fit, what the rule decided (from 1e-2) -> schedule after, at step 10
@@ -241,7 +258,11 @@ AFTER_ROUND = {
     "warm-up goes on while the fit is clipped": (Schedule(10.0, 0, 1, False), 1, FIT_FAR, Schedule(10.0, 11, 1, False)),
     "a fit within the clip settles it; warm-up's credit is dropped": (
         Schedule(10.0, 0, 1, False), 1, FIT_HERE, Schedule(0.0, 12, 2, True)),
-    "warm-up ends after its rounds; debt is kept": (Schedule(-3.0, 0, 1, False), 13, FIT_FAR, Schedule(-3.0, 11, 1, True)),
+    "warm-up's dropped credit is not owed, what it spent is": (
+        Schedule(10.0, 0, 1, False, 25.0), 1, FIT_HERE, Schedule(0.0, 12, 2, True, 15.0)),
+    "a debt outlives the warm-up's end": (Schedule(-2.0, 0, 1, False, 25.0), 13, FIT_FAR, Schedule(-2.0, 11, 1, True, 25.0)),
+    "the debt stays after a settled round": (Schedule(4.0, 0, 8, True, 7.0), 9, FIT_HERE, Schedule(4.0, 26, 16, True, 7.0)),
+    "warm-up ends after its rounds; overspent credit is kept": (Schedule(-3.0, 0, 1, False), 13, FIT_FAR, Schedule(-3.0, 11, 1, True)),
     "warm-up goes on before its rounds are done": (Schedule(-3.0, 0, 1, False), 12, FIT_FAR, Schedule(-3.0, 11, 1, False)),
     "steady: the interval doubles": (Schedule(-1.0, 0, 8, True), 9, FIT_HERE, Schedule(-1.0, 26, 16, True)),
     "steady at the longest interval": (Schedule(0.0, 0, MAX_INTERVAL, True), 9, FIT_HERE,
@@ -265,7 +286,7 @@ def test_without_warm_up_the_search_credit_pays_for_the_next_rounds():
     first round left of it stays for its next rounds (dropping it after the first round cost
     APPI's ranking where Part I selects: benchmarks/RESULTS.md)."""
     rule = dataclasses.replace(BUDGET, warmup=0)
-    assert rule.first_schedule() == Schedule(6 * 5.0, 0, 1, True)
+    assert rule.first_schedule() == Schedule(6 * 5.0, 0, 1, True, 6 * 5.0)
     decision = rule.decide(FIT_HERE, 1e-2, Standing(rule.warming(0, rule.first_schedule()), descent=3.0))
     assert rule.after_round(Schedule(18.0, 0, 1, True), 0, 1, FIT_HERE, decision, 1e-2) == Schedule(18.0, 2, 2, True)
     assert rule.after_round(Schedule(-4.0, 0, 1, True), 0, 1, FIT_HERE, decision, 1e-2).credit == -4.0
