@@ -3,8 +3,9 @@ each group's influence (PPI/APPI) for AdaPEFT's subset selection.
 
 A *probe round* runs before the update for the groups that are due: by default as often as
 ``probe_budget`` allows (over a run long enough to repay each group's starting credit, probes
-cost at most that fraction of the training compute, counted in forwards; see ``rule.Schedule``), or every ``probe_every`` steps and at each
-of the first ``ceil(1 / (1 - beta1)) + warmup`` steps when ``probe_every`` is given:
+cost at most that fraction of the training compute, counted in forwards; see
+``rule.Schedule``), or every ``probe_every`` steps and at each of the first
+``ceil(1 / (1 - beta1)) + warmup`` steps when ``probe_every`` is given:
 
 0. in each group's first round, a backtracking line search (``search`` re-probes at most) lowers
    each rate that is too high for one fit to correct: a poor fit (the probes left the

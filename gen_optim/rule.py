@@ -17,9 +17,8 @@ settings (``RateRule``), a ``Fit`` and the group's fitted rate; nothing here tou
   accepted fit whose fitted rate lies within ``rate_clip`` of the rate) or ``warmup`` rounds
   have run, and the credit warm-up left over is then dropped, and no longer owed. Without a
   warm-up (the default) a group spends what its first round's search left of that credit on
-  its next rounds. After
-  warm-up the interval doubles while the rate is steady (a round moves it by less than
-  ``STEADY``) and falls back to one step when it moves.
+  its next rounds. After warm-up the interval doubles while the rate is steady (a round moves
+  it by less than ``STEADY``) and falls back to one step when it moves.
 - ``judge``: a fit may set the rate only when it is finite, not flat, a descent direction
   (``A > 0``), its curvature *resolved* (``|B| >= CURVATURE_Z`` standard errors, ``Fit.curvature_se``:
   the probes moved the loss by more than its rounding in the quadratic term), convex (``B > 0``)
