@@ -4,13 +4,14 @@ from __future__ import annotations
 import ctypes
 import statistics
 import time
+from dataclasses import replace
 
 import torch
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from gen_optim.gen_adamw import GEN_SETTINGS
-from gen_optim.rule import STEP_FORWARDS
+from gen_optim.rule import STEP_FORWARDS, Schedule
 
 VOCAB = 2048
 # the default warm-up before it went to 0 (README, "When to probe: the budget"): the ablations' baseline
@@ -27,7 +28,7 @@ def forgive_debts(opt) -> None:
     """The budget as it was until 2026-12-07: each group's starting credit a gift, not a loan
     that its earnings repay first (``RateRule.earn``): a fresh GeNAdamW's groups owe nothing."""
     for group in opt.param_groups:
-        group["gen_debt"] = 0.0
+        replace(Schedule.of(group), debt=0.0).store(group)
 
 
 def gpt2(layers: int, width: int, seq: int, device: str) -> GPT2LMHeadModel:
