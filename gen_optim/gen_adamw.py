@@ -7,11 +7,13 @@ cost at most that fraction of the training compute, counted in forwards; see
 ``rule.Schedule``), or every ``probe_every`` steps and at each of the first
 ``ceil(1 / (1 - beta1)) + warmup`` steps when ``probe_every`` is given:
 
-0. in each group's first round, a backtracking line search (``search`` re-probes at most) lowers
-   each rate that is too high for one fit to correct: a poor fit (the probes left the
-   quadratic regime) divides the rate by 4, a clean convex fit whose *fitted rate* (below)
+0. in each group's first round whose probes move the loss (its first round, unless that is
+   flat: LoRA's ``A`` while ``B`` is 0), a backtracking line search (``search`` re-probes at
+   most) lowers each rate that is too high for one fit to correct: a poor fit (the probes left
+   the quadratic regime) divides the rate by 4, a clean convex fit whose *fitted rate* (below)
    lies below ``rate_clip[0]`` times the rate moves it there (by 4x at most), then it
-   probes again (a rate too high does its damage in one step; one too low grows by the progress test);
+   probes again (a rate too high does its damage in one step; one too low grows by the progress
+   test). The search's last probes of a rate it leaves stand are the round's own (step 1);
 1. for each group k with gradients, the loss is evaluated at ``w - eta_j d_k`` for
    ``eta_j = s_j * lr_k`` (``s_j`` in ``probe_scales``), only group k moved (see ``probe``);
    ``d_k`` is the previous update's AdamW direction, which the current batch never entered
@@ -164,7 +166,7 @@ def _check_gen(group: dict[str, Any]) -> None:
         raise ValueError(f"r2_min must lie in [0, 1] and smoothing in [0, 1), got {group['r2_min']}, "
                          f"{group['smoothing']}")
     for key, meaning in (("warmup", "steps that all probe, unsmoothed"),
-                         ("search", "re-probes of the first round's line search")):
+                         ("search", "re-probes of the line search that opens a group's first round with a signal")):
         if isinstance(group[key], bool) or not (isinstance(group[key], int) and group[key] >= 0):
             raise ValueError(f"{key} must be an int >= 0 ({meaning}), got {group[key]!r}")
     steps = group["fit_steps"]
@@ -276,10 +278,10 @@ class GroupWork:
 
 @dataclass(frozen=True)
 class Round:
-    """A probe round's losses: ``L0``, then each probed group's probes."""
+    """A probe round: ``L0``, and the fit of each probed group's probes, by group name."""
 
     loss0: float
-    probes: list[Probes]
+    fits: dict[str, Fit]
 
 
 class GeNAdamW(torch.optim.Optimizer):
@@ -310,7 +312,8 @@ class GeNAdamW(torch.optim.Optimizer):
             it before its rate settles (budget); unsmoothed, shrinking uphill rates. 0 (the
             default): no warm-up and no transient rounds; the first round's search and the
             progress test set the early rates (README, "When to probe: the budget").
-        search: re-probes per group in its first round's line search (0: none).
+        search: re-probes per group in its line search (0: none), which runs in its first
+            round whose fit is not flat, and whose probes of a rate it keeps are that round's.
         probe_direction: ``"previous"`` (the last update's direction) or ``"current"``.
         fit_steps: the steps an accepted fit's one-step minimum ``A / B`` is spread over: its
             target is ``A / B / fit_steps``. ``None`` (default): ``ceil(1 / (1 - beta1))``, the
@@ -393,6 +396,7 @@ class GeNAdamW(torch.optim.Optimizer):
         group.setdefault("gen_lr", float(group["lr"]))
         group.setdefault("gen_base_lr", float(group["lr"]))
         group.setdefault("gen_rounds", 0)
+        group.setdefault("gen_searched", False)
         group.setdefault("gen_descent", 0.0)
         # its spans count from the step it joins at (a group added to a running optimizer has no earlier steps)
         group.setdefault("gen_probed_at", self.state["gen"]["step"] - 1 if "gen" in self.state else NEVER_PROBED)
@@ -432,6 +436,7 @@ class GeNAdamW(torch.optim.Optimizer):
             group.setdefault("gen_base_lr", float(group["lr"]))
             if "gen_rounds" not in group:  # the history is read only for checkpoints from before these keys
                 group["gen_rounds"] = sum(group["name"] in r["groups"] for r in self.state["gen"]["history"])
+            group.setdefault("gen_searched", group["gen_rounds"] > 0)  # before 2026-12-07: searched in its first round
             group.setdefault("gen_descent", 0.0)
             if "gen_probed_at" not in group:
                 group["gen_probed_at"] = _last_probed(self.state["gen"], group["name"])
@@ -679,10 +684,13 @@ class GeNAdamW(torch.optim.Optimizer):
             closure.start_round()
         loss = self._loss(closure, work)
         with torch.no_grad():
-            unsearched = [w for w in due if w.group["gen_rounds"] == 0 and w.group["search"] > 0]
-            if unsearched:
-                self._search(loss, unsearched)
-            return self._fit_round(self._probe(loss, due), due)
+            unsearched = [w for w in due if RateRule.of(w.group).searching(w.group["gen_searched"])]
+            found = self._search(loss, unsearched) if unsearched else Round(float("nan"), {})
+            rest = [w for w in due if w.group["name"] not in found.fits]
+            if rest:  # the search's last probes of a group whose rate it left stand are the round's own
+                fresh = self._probe(loss, rest)
+                found = Round(fresh.loss0, found.fits | fresh.fits)
+            return self._fit_round(found, due)
 
     def _probe(self, loss: Any, probed: list[GroupWork]) -> Round:
         """``L0``, then each group's losses at its probe scales, averaged over ranks in the
@@ -693,40 +701,45 @@ class GeNAdamW(torch.optim.Optimizer):
             losses += probe_group(w.params, w.runs(), w.direction, group_etas, loss)
         values = mean_over_ranks(torch.stack(losses)).tolist()
         self._charge(probed, [len(e) for e in etas], shared=1)
-        probes, start = [], 1
-        for group_etas in etas:
-            probes.append(Probes(group_etas, tuple(values[start : start + len(group_etas)])))
+        fits, start = {}, 1
+        for w, group_etas in zip(probed, etas):
+            probes = Probes(group_etas, tuple(values[start : start + len(group_etas)]))
+            fits[w.group["name"]] = probes.fit(values[0], sign=-1.0 if w.group["maximize"] else 1.0)
             start += len(group_etas)
-        return Round(values[0], probes)
+        return Round(values[0], fits)
 
-    @staticmethod
-    def _fit(group: dict[str, Any], probes: Probes, found: Round) -> Fit:
-        return probes.fit(found.loss0, sign=-1.0 if group["maximize"] else 1.0)
-
-    def _search(self, loss: Any, probed: list[GroupWork]) -> None:
-        """The first round's backtracking: probe, lower each group's rate that one fit could
-        not correct (``_search_move``), and probe those again, ``search`` times at most."""
+    def _search(self, loss: Any, probed: list[GroupWork]) -> Round:
+        """The line search (``RateRule.searching``): probe, lower each group's rate that one
+        fit could not correct (``RateRule.search_move``), and probe those again, ``search``
+        times at most. Returns the last fit of each group whose rate the search left as it
+        was probed: the round takes it as its own rather than probe the same rate again."""
+        standing: dict[str, Fit] = {}
+        loss0 = float("nan")
         for attempt in range(max(w.group["search"] for w in probed)):
             probed = [w for w in probed if attempt < w.group["search"]]
             if not probed:
-                return
+                break
             found = self._probe(loss, probed)
             if not np.isfinite(found.loss0):
-                return  # the closure itself is broken: nothing to learn about rates
+                return Round(found.loss0, {})  # the closure itself is broken: nothing to learn about rates
             lowered = []
-            for w, probes in zip(probed, found.probes):
-                rate = RateRule.of(w.group).search_move(self._fit(w.group, probes, found), w.group["gen_lr"])
-                if rate is not None:
+            for w in probed:
+                fit = found.fits[w.group["name"]]
+                rate = RateRule.of(w.group).search_move(fit, w.group["gen_lr"])
+                if rate is None:
+                    standing[w.group["name"]], loss0 = fit, found.loss0
+                else:
                     w.group["gen_lr"] = rate
                     lowered.append(w)
             probed = lowered
+        return Round(loss0, standing)
 
     def _fit_round(self, found: Round, due: list[GroupWork]) -> dict[str, Any]:
         step = self.state["gen"]["step"]
         record: dict[str, Any] = {"step": step, "loss": found.loss0, "groups": {}}
-        for w, probes in zip(due, found.probes):
+        for w in due:
             group = w.group
-            fit = self._fit(group, probes, found)
+            fit = found.fits[group["name"]]
             rule = RateRule.of(group)
             schedule = Schedule.of(group)
             held = rule.held(w.counts()[0] if w.steps else 0)
@@ -748,6 +761,7 @@ class GeNAdamW(torch.optim.Optimizer):
             group["gen_probed_at"] = step
             old_rate, group["gen_lr"] = group["gen_lr"], decision.rate
             group["gen_rounds"] += 1
+            group["gen_searched"] = group["gen_searched"] or rule.signals(decision.verdict)
             if rule.budgeted:
                 rule.after_round(schedule, step, group["gen_rounds"], fit, decision, old_rate, held).store(group)
             entry["lr"] = float(self.rate(group))

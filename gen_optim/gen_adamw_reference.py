@@ -30,6 +30,7 @@ class GeNAdamWReference(torch.optim.Optimizer):
             group.setdefault("name", f"group{i}")
             group["gen_lr"] = group["base_lr"] = group["lr"]  # the fitted rate; a scheduler scales it
             group["rounds"] = 0
+            group["searched"] = False  # the line search runs until a round's fit has a signal (is not flat)
             group["descent"] = 0.0  # the decayed count of clean fits that descended, minus those that climbed
             # the progress test: decayed mean and variance of cos(g_t, d_{t-1}), and its count
             group["test_mean"], group["test_variance"], group["test_count"] = 0.0, 0.0, 0
@@ -97,19 +98,23 @@ class GeNAdamWReference(torch.optim.Optimizer):
         return A, B, 1 - rss / np.sum((y - y.mean()) ** 2), uphill, B_se
 
     def search(self, pending):
-        """The first round's backtracking: lower each rate one fit can't correct, probe it again."""
+        """The line search: lower each rate one fit can't correct, probe it again. Returns, by
+        name, the last fit of each group whose rate it left as probed (None: flat); the round
+        takes that fit as its own."""
+        standing = {}
         for attempt in range(max(group["search"] for group, _ in pending)):
             pending = [(group, params) for group, params in pending if attempt < group["search"]]
             if not pending:
-                return
+                break
             loss0 = float(self.closure())
             for group, _ in pending:
                 self.pay(group, 1 / len(pending))
             if not np.isfinite(loss0):
-                return
+                return {}
             lowered = []
             for group, params in pending:
                 fit = self.fit(group, params, loss0)
+                standing[group["name"]] = fit
                 if fit is None:
                     continue
                 A, B, r2, _, B_se = fit
@@ -119,8 +124,10 @@ class GeNAdamWReference(torch.optim.Optimizer):
                     group["gen_lr"] = self.floored(group, max(A / B / group["spread"], group["gen_lr"] / 4))
                 else:
                     continue
+                del standing[group["name"]]
                 lowered.append((group, params))
             pending = lowered
+        return standing
 
     def progress(self, group):
         """The progress test takes this step's cosine between the gradient and the previous
@@ -170,19 +177,21 @@ class GeNAdamWReference(torch.optim.Optimizer):
                       else (self.t < g["warmup_rounds"] or self.t % g["probe_every"] == 0))]
         fits = {}
         if active:
-            unsearched = [(g, params) for g, params in active if g["rounds"] == 0 and g["search"] > 0]
-            if unsearched:
-                self.search(unsearched)
+            unsearched = [(g, params) for g, params in active if not g["searched"] and g["search"] > 0]
+            standing = self.search(unsearched) if unsearched else {}
             loss0 = float(self.closure())
+            rest = [g for g, _ in active if g["name"] not in standing]
+            for group in rest:  # only the groups probed anew pay for this L0
+                self.pay(group, 1 / len(rest))
             for group, params in active:
-                self.pay(group, 1 / len(active))
                 group["rounds"] += 1
                 lo, hi = group["rate_clip"]
                 warming = not group["settled"] if group["probe_every"] is None else self.t < group["warmup_rounds"]
                 held = self.state[params[0]].get("step", 0) < group["moment_steps"]
                 smoothing = 0.0 if warming else group["smoothing"]
                 old = group["gen_lr"]
-                fit = self.fit(group, params, loss0)
+                fit = standing[group["name"]] if group["name"] in standing else self.fit(group, params, loss0)
+                group["searched"] = group["searched"] or fit is not None
                 fits[group["name"]] = 0.0 if fit is None else fit[0]
                 span, group["probed_at"] = self.t - group["probed_at"], self.t
                 A, B, r2, uphill, B_se = (0.0, 0.0, 0.0, False, 0.0) if fit is None else fit

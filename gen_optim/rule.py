@@ -89,7 +89,14 @@ settings (``RateRule``), a ``Fit`` and the group's fitted rate; nothing here tou
   needs 5, and grows faster the clearer the evidence (SmolLM2's repair: 20 to 35).
 - ``search``: in a group's first round, a poor fit divides the rate by ``SEARCH_STEP`` and a
   clean convex fit (its curvature resolved) whose fitted rate lies below ``rate_clip[0]`` times the rate moves it there (by
-  ``SEARCH_STEP`` at most); the group is then probed again, ``search`` times at most.
+  ``SEARCH_STEP`` at most); the group is then probed again, ``search`` times at most. A round
+  whose fit is flat (no probe moved the loss) tells the search nothing, so the group's search
+  waits for its first round with a signal (``signals``): LoRA's ``A`` has no gradient while
+  ``B`` is 0, so its first round, at step 0, is flat, and from a start of 1e-2 it kept that rate
+  for 100 steps on the stability task (its fits then climbed, but not clearly enough to shrink it).
+  The search's probes of a rate it leaves stand are that round's own, so a search that lowers
+  nothing costs nothing beyond the round, and a group flat round after round pays no more than
+  its rounds.
 - ``span``: a round's PPI counts in the group's APPI for the steps since its previous round.
 - ``joint_floor``: the least factor the joint correction scales a rate by.
 - ``floored``: no move takes a rate below ``floor``, ``RATE_FLOOR`` (1e-6) times the group's
@@ -475,6 +482,17 @@ class RateRule:
         if verdict is Verdict.ACCEPTED:
             return fit
         return RateRule._steepest(fit) if verdict is Verdict.UNRESOLVED else None
+
+    def searching(self, searched: bool) -> bool:
+        """Whether a group's round starts with the line search: until one of its rounds has had
+        a signal (``searched``, kept as ``gen_searched``)."""
+        return self.search > 0 and not searched
+
+    @staticmethod
+    def signals(verdict: Verdict) -> bool:
+        """Whether a fit with ``verdict`` ends the group's search: any but a flat one, which
+        tells nothing about the rate (the search waits for the next round)."""
+        return verdict is not Verdict.FLAT
 
     @staticmethod
     def span(step: int, previous: int) -> int:

@@ -441,6 +441,23 @@ def test_checkpoint_from_before_the_debt_keeps_its_credit_and_owes_nothing():
                                                             saved["param_groups"][0]["gen_interval"], True, 0.0)
 
 
+def test_checkpoint_from_before_the_search_waited_counts_a_probed_group_as_searched():
+    """Saved before the search waited for a signal (no ``gen_searched``): a group that has had
+    a round had its search in it and does not search again; one that has had none searches in
+    its first round."""
+    params = make_params()
+    opt = GeNAdamW(params, closure_over(params), lr=1e-2)
+    unprobed = copy.deepcopy(opt.state_dict())
+    train(opt, params, 3)
+    assert opt.param_groups[0]["gen_rounds"] > 0 and opt.param_groups[0]["gen_searched"]
+    probed = copy.deepcopy(opt.state_dict())
+    for saved, searched in ((probed, True), (unprobed, False)):
+        del saved["param_groups"][0]["gen_searched"]
+        resumed = GeNAdamW(make_params(), closure_over(params), lr=1e-2)
+        resumed.load_state_dict(saved)
+        assert resumed.param_groups[0]["gen_searched"] is searched
+
+
 def test_checkpoints_of_older_torch_load():
     params = make_params()
     opt = make("gen_on", params)

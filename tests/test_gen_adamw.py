@@ -89,6 +89,8 @@ EQUIVALENCE = {
     "budget with the earlier default warm-up": dict(probe_every=None, warmup=10, steps=40),
     "budget, short warm-up, joint": dict(probe_every=None, probe_budget=0.5, warmup=2, joint=True, steps=40),
     "budget that repays its debt in the run": dict(probe_every=None, probe_budget=2.0, search=1, steps=40, repaid=True),
+    "a head at zero: the groups behind it are flat at first and search later": dict(
+        probe_every=None, lr=1.0, steps=20, init=lambda m: m.head.weight.data.zero_(), deferred=True),
     "budget per group beside a fixed interval": dict(
         probe_every=None, steps=40, groups={"others": dict(probe_budget=1.0), "head": dict(probe_every=4),
                                             "norm": dict(probe_scales=(-1.0, 1.0, 2.0), warmup=0, joint=True)}),
@@ -100,10 +102,12 @@ EQUIVALENCE = {
 def test_matches_reference_step_for_step(name, device):
     torch.manual_seed(0)
     model = Net().to(device, torch.float64)
-    twin = copy.deepcopy(model)
     kw = BASE | EQUIVALENCE[name]
+    kw.pop("init", lambda m: None)(model)
+    twin = copy.deepcopy(model)
     per_group, scheduler, steps = kw.pop("groups", {}), kw.pop("scheduler", None), kw.pop("steps", 12)
     unresolved, progressed, repaid = kw.pop("unresolved", False), kw.pop("progressed", False), kw.pop("repaid", False)
+    deferred = kw.pop("deferred", False)
     moved_by_progress = False
 
     def groups(m):
@@ -120,7 +124,7 @@ def test_matches_reference_step_for_step(name, device):
             opt.step()
         for sched in schedulers:
             sched.step()
-        if kw["lr"] == 1.0 and len(ours.history) == 1:
+        if kw["lr"] == 1.0 and len(ours.history) == 1 and not deferred:
             assert any(g["gen_lr"] < kw["lr"] / 2 for g in ours.param_groups)  # below what one fit can do
         for a, b in zip(model.parameters(), twin.parameters()):
             # float64: the two sum in different orders (1e-12 in a rate), and fits whose curvature is near the
@@ -147,6 +151,10 @@ def test_matches_reference_step_for_step(name, device):
                    for r in ours.history for e in r["groups"].values())
     if progressed:  # the progress test moved rates between rounds
         assert moved_by_progress
+    if deferred:  # a group flat in its first round, searched in a later one
+        first = ours.history[0]["groups"]
+        assert any(e["verdict"] == Verdict.FLAT.value for e in first.values())
+        assert all(g["gen_searched"] for g in ours.param_groups)
     if repaid:  # every group repaid its starting credit and then probed on the budget's earnings
         assert all(g["gen_debt"] == 0 for g in ours.param_groups)
         assert all(sum(name in r["groups"] for r in ours.history) > 2 for name in ours.state["appi"])
@@ -600,6 +608,48 @@ def test_a_fixed_interval_pays_no_credit_and_moving_to_the_budget_probes_at_once
         g["probe_every"] = None
     train(model, opt, 1)
     assert opt.history[-1]["step"] == 12 and len(opt.history[-1]["groups"]) == len(opt.param_groups)
+
+
+def test_a_search_that_lowers_no_rate_is_the_first_rounds_probing():
+    """The search's probes at a rate it leaves stand are the round's own: a first round whose
+    search lowers nothing costs one ``L0`` and each group's probes, and decides exactly what
+    the same round without a search does (counted closure calls)."""
+    runs = {}
+    for search in (0, 6):
+        torch.manual_seed(0)
+        model = Net()
+        closure, calls = mse_closure(model), [0]
+
+        def counted():
+            calls[0] += 1
+            return closure()
+
+        opt = GeNAdamW(group_parameters(model), counted, lr=1e-4, search=search, warmup=0)
+        train(model, opt, 1)
+        runs[search] = (calls[0], opt.history[0], [g["gen_lr"] for g in opt.param_groups])
+    assert all(e["verdict"] != Verdict.POOR.value for e in runs[6][1]["groups"].values())  # nothing to lower
+    assert runs[6] == runs[0]
+    assert runs[0][0] == 1 + len(runs[0][1]["groups"]) * 4
+
+
+def test_a_group_flat_in_its_first_round_is_searched_in_its_next():
+    """Behind a head at zero the other groups' loss does not move at step 0 (LoRA's A while B
+    is 0 is the same): their first round is flat and leaves the search for their next round,
+    which lowers a rate of 1.0 further than one fit can (``rate_clip[0]`` = 0.5)."""
+    torch.manual_seed(0)
+    model = Net()
+    model.head.weight.data.zero_()
+    opt = GeNAdamW(group_parameters(model), mse_closure(model), lr=1.0)
+    train(model, opt, 1)
+    flat = [n for n, e in opt.history[0]["groups"].items() if e["verdict"] == Verdict.FLAT.value]
+    assert "others" in flat and "head" not in flat
+    groups = {g["name"]: g for g in opt.param_groups}
+    assert all(groups[n]["gen_lr"] == 1.0 and not groups[n]["gen_searched"] for n in flat)
+    assert groups["head"]["gen_searched"]
+    while not all(groups[n]["gen_rounds"] >= 2 for n in flat):
+        train(model, opt, 1)
+    assert all(groups[n]["gen_searched"] for n in flat)
+    assert groups["others"]["gen_lr"] < 0.5
 
 
 @pytest.mark.parametrize("warmup", [0, 3])

@@ -292,6 +292,12 @@ def test_without_warm_up_the_search_credit_pays_for_the_next_rounds():
     assert rule.after_round(Schedule(-4.0, 0, 1, True), 0, 1, FIT_HERE, decision, 1e-2).credit == -4.0
 
 
+def test_the_search_waits_for_a_round_with_a_signal():
+    assert BUDGET.searching(searched=False) and not BUDGET.searching(searched=True)
+    assert not dataclasses.replace(BUDGET, search=0).searching(searched=False)
+    assert [v for v in Verdict if not RateRule.signals(v)] == [Verdict.FLAT]
+
+
 def test_held_rounds_do_not_settle_the_warm_up():
     before = Schedule(10.0, 0, 1, False)
     decision = BUDGET.decide(FIT_HERE, 1e-2, Standing(True, held=True))
