@@ -685,7 +685,7 @@ class GeNAdamW(torch.optim.Optimizer):
         loss = self._loss(closure, work)
         with torch.no_grad():
             unsearched = [w for w in due if RateRule.of(w.group).searching(w.group["gen_searched"])]
-            found = self._search(loss, unsearched) if unsearched else Round(float("nan"), {})
+            found = self._search(loss, unsearched)
             rest = [w for w in due if w.group["name"] not in found.fits]
             if rest:  # the search's last probes of a group whose rate it left stand are the round's own
                 fresh = self._probe(loss, rest)
@@ -715,7 +715,7 @@ class GeNAdamW(torch.optim.Optimizer):
         was probed: the round takes it as its own rather than probe the same rate again."""
         standing: dict[str, Fit] = {}
         loss0 = float("nan")
-        for attempt in range(max(w.group["search"] for w in probed)):
+        for attempt in range(max((w.group["search"] for w in probed), default=0)):
             probed = [w for w in probed if attempt < w.group["search"]]
             if not probed:
                 break

@@ -87,7 +87,7 @@ settings (``RateRule``), a ``Fit`` and the group's fitted rate; nothing here tou
   the damage is done in a few steps (MiniLM at 1e-3 sits at chance with a test near 0): that
   stays the fits' job. Early in fine-tuning the test is 2 to 4 at good rates too, so growth
   needs 5, and grows faster the clearer the evidence (SmolLM2's repair: 20 to 35).
-- ``search``: in a group's first round, a poor fit divides the rate by ``SEARCH_STEP`` and a
+- ``search``: in a group's first round with a signal (below), a poor fit divides the rate by ``SEARCH_STEP`` and a
   clean convex fit (its curvature resolved) whose fitted rate lies below ``rate_clip[0]`` times the rate moves it there (by
   ``SEARCH_STEP`` at most); the group is then probed again, ``search`` times at most. A round
   whose fit is flat (no probe moved the loss) tells the search nothing, so the group's search
