@@ -155,7 +155,7 @@ class GeNAdamWReference(torch.optim.Optimizer):
         spread = group["test_variance"] * 0.1 / 1.9 * (1 + 0.9**group["test_count"]) / (1 - 0.9**group["test_count"])
         z = mean / math.sqrt(spread) if spread > 0 else math.copysign(math.inf, mean) if mean else 0.0
         if z > 5:  # the previous update clearly still descends on new gradients: the faster, the clearer
-            group["gen_lr"] *= math.exp(min(0.2, 0.01 * (z - 5)))
+            group["gen_lr"] *= math.exp(min(0.1, 0.01 * (z - 5)))
         elif z < -2:
             group["gen_lr"] = self.floored(group, group["gen_lr"] / 1.05)
 

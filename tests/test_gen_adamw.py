@@ -129,14 +129,15 @@ def test_matches_reference_step_for_step(name, device):
         for a, b in zip(model.parameters(), twin.parameters()):
             # float64: the two sum in different orders (1e-12 in a rate), and fits whose curvature is near the
             # loss's rounding (the unresolved bound) carry that to 1e-8 in a rate and, at the rates the progress
-            # test reaches, to 1e-9 in a weight; a decision taken differently moves a rate by 5% or more
+            # test reaches, to 1e-9 in a weight (and so to 1e-9 in the test's mean of cosines, which can sit near 0);
+            # a decision taken differently moves a rate by 5% or more
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)
         assert [g["gen_lr"] for g in ours.param_groups] == pytest.approx([g["gen_lr"] for g in ref.param_groups], rel=1e-7)
         assert [Schedule.of(g) for g in ours.param_groups] == [
             Schedule(pytest.approx(g["credit"], abs=1e-9), g["next"], g["interval"], g["settled"],
                      pytest.approx(g["debt"], abs=1e-9)) for g in ref.param_groups]
         assert [Progress.of(g) for g in ours.param_groups] == [
-            Progress(pytest.approx(g["test_mean"], rel=1e-7, abs=1e-12), pytest.approx(g["test_variance"], rel=1e-7, abs=1e-15),
+            Progress(pytest.approx(g["test_mean"], rel=1e-7, abs=1e-8), pytest.approx(g["test_variance"], rel=1e-7, abs=1e-15),
                      g["test_count"]) for g in ref.param_groups]
         moved_by_progress |= any(RateRule.of(g).progress_factor(Progress.of(g)) != 1.0 for g in ours.param_groups)
     assert ours.state["appi"] == pytest.approx(ref.appi, rel=1e-7)
