@@ -343,7 +343,7 @@ def test_lr_free_e2e_quick(tmp_path):
     best = min(adamw, key=adamw.get)
     table = table_rows(done.stdout)
     assert [k for k, v in table.items() if "(best)" in k] == [f"AdamW {best:g} (best)"]
-    worst = max(r["metric"] for r in gen + [r for r in rows if r["key"]["optimizer"] == Optimizer.GEN_FRESH.value])
+    worst = max(r["metric"] for r in gen)  # the goal judges GeNAdamW as shipped, not the fresh-batch variant
     assert f"worst start {worst:.2f} (" in done.stdout and "## LoRA + everything of tiny-llama-2 on E2E" in done.stdout
     # a plot of every schedule draws a panel only for the one with runs (the ledger has no cosine runs)
     plot = out.parent / "plot.png"
