@@ -90,9 +90,9 @@ settings (``RateRule``), a ``Fit`` and the group's fitted rate; nothing here tou
   ``exp(0.1)`` a step from z = 15. The groups' tests read one loss: from a low start on the
   stability task the small groups' tests stay at 30 to 60 for 20 steps, and at ``exp(0.2)``
   a step their rates grew 50x in 20 steps while the bulk weights' test fell from 34 to 13, so
-  ``others`` stopped growing at 4.7e-4; at ``exp(0.1)`` it grew on to 6.5e-4 (from 1e-3 the
-  run reaches 4.8e-4 early and keeps a higher rate later), and the run ended 1.1% above the
-  best AdamW instead of 2.2% (3 seeds; ``exp(0.05)`` was worse on both seeds screened).
+  ``others`` stopped growing at 4.7e-4; at ``exp(0.1)`` it grew on to 6.5e-4, and the run
+  ended 1.1% above the best AdamW instead of 2.2% (3 seeds; ``exp(0.05)`` was worse on both
+  seeds screened, ``exp(0.4)`` 4.2% above).
 - ``search``: in a group's first round with a signal (below), a poor fit divides the rate by ``SEARCH_STEP`` and a
   clean convex fit (its curvature resolved) whose fitted rate lies below ``rate_clip[0]`` times the rate moves it there (by
   ``SEARCH_STEP`` at most); the group is then probed again, ``search`` times at most. A round
