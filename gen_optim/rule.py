@@ -86,8 +86,8 @@ settings (``RateRule``), a ``Fit`` and the group's fitted rate; nothing here tou
   negative above it on SmolLM2 (3e-3: -3 to -5). It does not see a rate that is too high where
   the damage is done in a few steps (MiniLM at 1e-3 sits at chance with a test near 0): that
   stays the fits' job. Early in fine-tuning the test is 2 to 4 at good rates too, so growth
-  needs 5, and grows faster the clearer the evidence (SmolLM2's repair: 20 to 35), up to
-  ``exp(0.1)`` a step from z = 15. The groups' tests read one loss: from a low start on the
+  needs 5, and grows faster the clearer the evidence (SmolLM2's repair: 20 to 35), to
+  a cap set by the groups' sharing one loss: from a low start on the
   stability task the small groups' tests stay at 30 to 60 for 20 steps, and at ``exp(0.2)``
   a step their rates grew 50x in 20 steps while the bulk weights' test fell from 34 to 13, so
   ``others`` stopped growing at 4.7e-4; at ``exp(0.1)`` it grew on to 6.5e-4, and the run
@@ -149,10 +149,7 @@ CLEAR_TALLY = math.sqrt(1.0 / (1.0 - DESCENT_MEMORY**2))
 # on each new gradient, the faster the clearer; it shrinks while that clearly climbs
 PROGRESS_Z = 5.0  # growth needs the test this many standard errors above 0 (early fine-tuning: 2 to 4)
 PROGRESS_GAIN = 0.01  # log-rate one step adds per standard error beyond PROGRESS_Z
-# the most log-rate one step adds (x1.105), reached at z = PROGRESS_Z + 10: 0.2 until 2026-12-08, when the stability
-# task from 1e-4 ended 1.1% above the best AdamW against 2.2% (its bulk weights kept growing while the small groups'
-# tests were still overwhelming; benchmarks/RESULTS.md, "The progress test grows by 1.105x a step at most")
-PROGRESS_MAX = 0.1
+PROGRESS_MAX = 0.1  # the most log-rate one step adds (x1.105, from z = PROGRESS_Z + 10); 0.2 until 2026-12-08 (see above)
 PROGRESS_CLIMB = 2.0  # a test this many standard errors below 0 shrinks the rate ...
 PROGRESS_SHRINK = 1.05  # ... by this factor a step
 # no rule moves a fitted rate below this fraction of its group's starting rate (``RateRule.floor``)
