@@ -92,7 +92,9 @@ settings (``RateRule``), a ``Fit`` and the group's fitted rate; nothing here tou
   a step their rates grew 50x in 20 steps while the bulk weights' test fell from 34 to 13, so
   ``others`` stopped growing at 4.7e-4; at ``exp(0.1)`` it grew on to 6.5e-4, and the run
   ended 1.1% above the best AdamW instead of 2.2% (3 seeds; ``exp(0.05)`` was worse on both
-  seeds screened, ``exp(0.4)`` 4.2% above).
+  seeds screened, ``exp(0.4)`` 4.2% above). The cap was chosen with a constant rate: under a
+  cosine schedule, where a low start must grow while the factor falls, it costs SmolLM2's
+  E2E from 1e-5 54% (95.9 against 62.4; benchmarks/RESULTS.md, "What costs E2E").
 - ``search``: in a group's first round with a signal (below), a poor fit divides the rate by ``SEARCH_STEP`` and a
   clean convex fit (its curvature resolved) whose fitted rate lies below ``rate_clip[0]`` times the rate moves it there (by
   ``SEARCH_STEP`` at most); the group is then probed again, ``search`` times at most. A round
